@@ -1,0 +1,34 @@
+"""Device choice and seeding: every job runs on CUDA when asked/available, else on the CPU."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from .errors import CryolensError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a user error, not a crash."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CryolensError("--device cuda was asked for but no CUDA GPU is visible "
+                                "(check CUDA_VISIBLE_DEVICES and the torch build; use --device cpu)")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise CryolensError(f"unknown device {name!r} (use auto, cpu or cuda)")
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed python, numpy and torch; return a numpy Generator for explicit use."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)

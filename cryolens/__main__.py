@@ -1,0 +1,3 @@
+import sys
+from cryolens.cli import main
+sys.exit(main())

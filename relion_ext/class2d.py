@@ -1,0 +1,134 @@
+"""RELION Class2D output -> ClassSet.
+
+A Class2D iteration is four files sharing a root, ``run_itNNN_{data,model,optimiser}.star`` and
+``run_itNNN_classes.mrcs``. Any one of them (or the job directory: the last iteration is taken)
+finds the others; the optimiser names the model and data files, so it is trusted first.
+Empty classes carry ``inf``/``-nan`` resolutions and ``999`` accuracies in real output: they
+become inf/NaN statistics, never a parse error.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryolens.core.errors import InputError
+from cryolens.core.particles import ClassSet, ParticleSet
+
+from .star import _split_image_names, find_project_root, read_blocks, read_particles
+
+_ITER = re.compile(r"^(?P<root>.*_it(?P<it>\d+))_(?P<kind>data|model|optimiser)\.star$")
+UNKNOWN_ACCURACY = 999.0  # RELION's sentinel for "not estimated" (empty classes)
+
+
+@dataclass
+class Class2DFiles:
+    data: Path | None
+    model: Path
+    optimiser: Path | None
+    iteration: int
+
+
+def find_class2d_files(path: str | os.PathLike) -> Class2DFiles:
+    """From any of data/model/optimiser star (or the job directory), find the siblings."""
+    path = Path(path)
+    if path.is_dir():
+        its = sorted(path.glob("*_it[0-9][0-9][0-9]_model.star"))
+        if not its:
+            raise InputError("no run_itNNN_model.star in this directory (not a Class2D job?)", path)
+        path = its[-1]
+    if not path.exists():
+        raise InputError("file not found", path)
+    m = _ITER.match(str(path))
+    if not m:
+        raise InputError("not a Class2D output (expected run_itNNN_data.star, _model.star or _optimiser.star)", path)
+    root, it = m.group("root"), int(m.group("it"))
+    data, model, opt = (Path(f"{root}_{k}.star") for k in ("data", "model", "optimiser"))
+    if opt.exists():
+        general = read_blocks(opt).get("optimiser_general", {})
+        # the optimiser's own paths are relative to the project dir; prefer siblings on disk
+        for key, cur in (("rlnModelStarFile", "model"), ("rlnExperimentalDataStarFile", "data")):
+            named = general.get(key) if isinstance(general, dict) else None
+            if named and not (data if cur == "data" else model).exists():
+                cand = find_project_root(opt, str(named)) / str(named)
+                if cand.exists():
+                    if cur == "data":
+                        data = cand
+                    else:
+                        model = cand
+    if not model.exists():
+        raise InputError(f"the model star of this iteration is missing ({model.name})", path)
+    return Class2DFiles(data if data.exists() else None, model, opt if opt.exists() else None, it)
+
+
+def _numeric(col: pd.Series) -> np.ndarray:
+    # real files hold 'inf' and '-nan' in numeric columns: starfile then gives strings
+    return pd.to_numeric(col, errors="coerce").to_numpy(np.float64)
+
+
+def read_class2d(path: str | os.PathLike, root: str | os.PathLike | None = None,
+                 load_images: bool = True) -> ClassSet:
+    """Read a Class2D iteration (data + model + class stack) as a ClassSet."""
+    files = find_class2d_files(path)
+    blocks = read_blocks(files.model)
+    general = blocks.get("model_general")
+    classes = blocks.get("model_classes")
+    if not isinstance(classes, pd.DataFrame) or "rlnReferenceImage" not in classes.columns:
+        raise InputError("no model_classes table with rlnReferenceImage", files.model)
+    if isinstance(general, dict) and int(general.get("rlnReferenceDimensionality", 2)) != 2:
+        raise InputError("this is a 3D model (rlnReferenceDimensionality 3), not 2D classes", files.model)
+    pixel_size = float(general["rlnPixelSize"]) if isinstance(general, dict) and "rlnPixelSize" in general else None
+
+    stack, index, _ = _split_image_names(classes["rlnReferenceImage"], files.model)
+    table = pd.DataFrame({"class_id": np.arange(1, len(classes) + 1, dtype=np.int64),
+                          "image_stack": stack.values, "image_index": index.values})
+    if "rlnClassDistribution" in classes:
+        table["distribution"] = _numeric(classes["rlnClassDistribution"])
+    if "rlnEstimatedResolution" in classes:
+        table["resolution"] = _numeric(classes["rlnEstimatedResolution"])
+    for label, field, scale in (("rlnAccuracyRotations", "acc_rot", 1.0),
+                                ("rlnAccuracyTranslationsAngst", "acc_trans", 1.0),
+                                ("rlnAccuracyTranslations", "acc_trans", pixel_size or np.nan)):
+        if label in classes and field not in table:
+            vals = _numeric(classes[label])
+            table[field] = np.where(vals >= UNKNOWN_ACCURACY, np.nan, vals * scale)
+    if "rlnOverallFourierCompleteness" in classes:
+        table["completeness"] = _numeric(classes["rlnOverallFourierCompleteness"])
+    for label in classes.columns:  # everything else passes through, numeric where it can be
+        if label not in ("rlnReferenceImage", "rlnClassDistribution", "rlnEstimatedResolution",
+                         "rlnAccuracyRotations", "rlnAccuracyTranslationsAngst", "rlnAccuracyTranslations",
+                         "rlnOverallFourierCompleteness"):
+            table[label] = classes[label].to_numpy()
+
+    particles: ParticleSet | None = None
+    if files.data is not None:
+        particles = read_particles(files.data, root=root)
+    project = Path(root) if root is not None else (
+        particles.root if particles is not None else find_project_root(files.model, str(table["image_stack"].iloc[0])))
+    if particles is not None and particles.has("class_id"):
+        counts = particles.table["class_id"].value_counts()
+        table["n_particles"] = [int(counts.get(k, 0)) for k in table["class_id"]]
+        if particles.has("rlnMaxValueProbDistribution"):
+            pmax = pd.to_numeric(particles.table["rlnMaxValueProbDistribution"], errors="coerce")
+            mean = pmax.groupby(particles.table["class_id"]).mean()
+            table["posterior"] = [float(mean.get(k, np.nan)) for k in table["class_id"]]
+    elif "distribution" in table and isinstance(general, dict):
+        table["n_particles"] = np.nan  # unknown without the data star
+
+    images = None
+    if load_images:
+        from cryolens.core.images import ImageSource
+
+        codes, stacks = pd.factorize(table["image_stack"].astype(str))
+        src = ImageSource(list(stacks), codes.astype(np.int64), table["image_index"].to_numpy(np.int64), root=project)
+        src.validate()
+        images = src.read(np.arange(len(table)))
+    meta = {"relion": {"files": {"data": str(files.data) if files.data else None, "model": str(files.model),
+                                 "optimiser": str(files.optimiser) if files.optimiser else None},
+                       "iteration": files.iteration, "model_classes": classes, "model_general": general,
+                       "root": str(project)}}
+    return ClassSet(table, images, pixel_size, particles, source=str(files.model), meta=meta)

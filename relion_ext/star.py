@@ -1,0 +1,384 @@
+"""RELION particle STAR files <-> ParticleSet: the one place that knows RELION's labels.
+
+Reads RELION 3.0 (one particle block, optics per particle), 3.1/4.0 (``data_optics`` +
+``data_particles``, ``# version 30001``) and 5.0 (``# version 50001``, 8-digit image indices),
+with any number of optics groups. Writing gives back every column of the input, unknown labels
+included, in their order and with their values; canonical fields a job changed are written in
+the input's own labels (e.g. pixel origins stay pixels), new fields are appended.
+
+Parsing is done by the ``starfile`` package; this module only maps labels and units.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from cryolens.core.atomic import atomic_path
+from cryolens.core.errors import InputError
+from cryolens.core.particles import FIELDS, ParticleSet
+
+# RELION label -> canonical field, where the value is the same number in the same unit.
+PARTICLE_LABELS = {
+    "rlnOpticsGroup": "optics_group",
+    "rlnDefocusU": "defocus_u",
+    "rlnDefocusV": "defocus_v",
+    "rlnDefocusAngle": "defocus_angle",
+    "rlnPhaseShift": "phase_shift",
+    "rlnCtfBfactor": "ctf_bfactor",
+    "rlnCtfScalefactor": "ctf_scale",
+    "rlnAngleRot": "rot",
+    "rlnAngleTilt": "tilt",
+    "rlnAnglePsi": "psi",
+    "rlnOriginXAngst": "shift_x",
+    "rlnOriginYAngst": "shift_y",
+    "rlnClassNumber": "class_id",
+    "rlnRandomSubset": "half_set",
+    "rlnMicrographName": "micrograph",
+    "rlnCoordinateX": "coord_x",
+    "rlnCoordinateY": "coord_y",
+    # RELION 3.0 keeps optics per particle
+    "rlnVoltage": "voltage",
+    "rlnSphericalAberration": "cs",
+    "rlnAmplitudeContrast": "amp_contrast",
+    "rlnImagePixelSize": "pixel_size",
+    "rlnImageSize": "box",
+}
+OPTICS_LABELS = {
+    "rlnOpticsGroup": "optics_group",
+    "rlnImagePixelSize": "pixel_size",
+    "rlnImageSize": "box",
+    "rlnVoltage": "voltage",
+    "rlnSphericalAberration": "cs",
+    "rlnAmplitudeContrast": "amp_contrast",
+}
+CANONICAL_TO_LABEL = {v: k for k, v in PARTICLE_LABELS.items()}
+# Labels computed from canonical fields through a conversion; the raw input text is kept in a
+# private column so an unchanged particle is written back exactly as it was read.
+DERIVED_LABELS = ("rlnImageName", "rlnOriginX", "rlnOriginY")
+RAW = "~"  # prefix of adapter-private raw columns
+
+STAR_VERSION = {"3.0": None, "3.1": 30001, "4.0": 30001, "5.0": 50001}
+
+
+# -- low-level STAR access --------------------------------------------------------------------
+def read_blocks(path: str | os.PathLike) -> dict[str, Any]:
+    """All blocks of a STAR file ({name: DataFrame or dict}), with a readable error."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found" if not path.exists() else "not a file", path)
+    try:
+        blocks = starfile.read(path, always_dict=True, parse_as_string=["rlnImageName", "rlnMicrographName"])
+    except Exception as exc:  # starfile/pandas raise many kinds; the user needs one line
+        raise InputError(f"cannot parse as a STAR file ({type(exc).__name__}: {exc})", path) from None
+    if not blocks:
+        raise InputError("no data blocks found (empty or not a STAR file)", path)
+    return blocks
+
+
+def header_version(path: str | os.PathLike) -> int | None:
+    """The ``# version NNNNN`` RELION writes before its blocks (None if absent)."""
+    with open(path, "r", errors="replace") as fh:
+        for _, line in zip(range(200), fh):
+            m = re.match(r"\s*#\s*version\s+(\d+)", line)
+            if m:
+                return int(m.group(1))
+    return None
+
+
+def write_blocks(path: str | os.PathLike, blocks: dict[str, Any], version: int | None = 30001) -> None:
+    """Write STAR blocks atomically, RELION-style: ``# version`` before each block.
+
+    Floats are written with 15 significant digits so values read from RELION's text survive.
+    """
+    text = starfile.writer.StarWriter(blocks, float_format="%.15g", na_rep="nan").to_string()
+    lines = text.splitlines()
+    out = ["# written by cryolens"]
+    for line in lines[1:]:
+        if line.startswith("data_") and version is not None:
+            out.append(f"# version {version}")
+            out.append("")
+        out.append(line)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(out) + "\n")
+
+
+# -- particle STAR -> ParticleSet -------------------------------------------------------------
+def _split_image_names(names: pd.Series, path: Path) -> tuple[pd.Series, pd.Series, int]:
+    """``NNN@stack`` -> (stack, 0-based index, zero-padding width; 0 = unpadded)."""
+    names = names.astype(str)
+    has_at = names.str.contains("@", regex=False)
+    parts = names.str.split("@", n=1, expand=True)
+    if parts.shape[1] == 1:
+        parts[1] = None
+    idx_txt = parts[0].where(has_at, "1")
+    stack = parts[1].where(has_at, names)
+    num = pd.to_numeric(idx_txt, errors="coerce")
+    if num.isna().any() or (num < 1).any():
+        bad = names[num.isna() | (num < 1)].iloc[0]
+        raise InputError(f"bad rlnImageName {bad!r} (expected a 1-based index, e.g. 000001@stack.mrcs)", path)
+    lengths = idx_txt[has_at].str.len()
+    width = 0
+    if len(lengths) and lengths.nunique() == 1 and (idx_txt[has_at].str.startswith("0").any() or lengths.iloc[0] >= 6):
+        width = int(lengths.iloc[0])
+    return stack, (num.astype(np.int64) - 1), width
+
+
+def _format_image_names(stack: pd.Series, index: pd.Series, width: int) -> pd.Series:
+    idx = (index.astype(np.int64) + 1).astype(str)
+    if width:
+        idx = idx.str.zfill(width)
+    return idx + "@" + stack.astype(str)
+
+
+def find_project_root(star_path: Path, stack: str | None) -> Path:
+    """The directory RELION paths in ``star_path`` are relative to.
+
+    RELION programs run in the project directory; tools also write stars next to their stacks.
+    Try the cwd, then the star's folder and its parents; fall back to the cwd.
+    """
+    cwd = Path.cwd()
+    if stack is None or os.path.isabs(stack):
+        return cwd
+    candidates = [cwd, star_path.parent.resolve(), *star_path.parent.resolve().parents]
+    for cand in candidates:
+        if (cand / stack).exists():
+            return cand
+    return cwd
+
+
+def _to_numeric_checked(col: pd.Series, label: str, path: Path) -> pd.Series:
+    num = pd.to_numeric(col, errors="coerce")
+    bad = num.isna() & col.notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(f"column {label} has a non-numeric value {col.iloc[row]!r} (particle {row + 1})", path)
+    return num
+
+
+def read_particles(path: str | os.PathLike, root: str | os.PathLike | None = None) -> ParticleSet:
+    """Read a RELION particle STAR file (3.0, 3.1, 4.0 or 5.0) into a ParticleSet."""
+    path = Path(path)
+    blocks = read_blocks(path)
+    version_tag = header_version(path)
+    optics = blocks.get("optics")
+    if optics is not None and not isinstance(optics, pd.DataFrame):
+        optics = pd.DataFrame([optics])
+    loops = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame) and k != "optics"}
+    if "particles" in loops:
+        block_name = "particles"
+    elif len(loops) == 1:
+        block_name = next(iter(loops))
+    else:
+        raise InputError(f"no particles block (found blocks: {', '.join(blocks)})", path)
+    raw = loops[block_name]
+    if "rlnImageName" not in raw.columns:
+        raise InputError("missing column rlnImageName (is this a particle STAR file?)", path)
+    if len(raw) == 0:
+        raise InputError("the particles table is empty", path)
+
+    table = pd.DataFrame(index=raw.index)
+    labels: dict[str, str] = {}
+    stack, index, width = _split_image_names(raw["rlnImageName"], path)
+    table["image_stack"] = stack.values
+    table["image_index"] = index.values
+    labels.update(image_stack="rlnImageName", image_index="rlnImageName")
+
+    for label in raw.columns:
+        if label == "rlnImageName":
+            continue
+        field = PARTICLE_LABELS.get(label)
+        if field is None or field in table.columns:
+            table[label] = raw[label]
+            continue
+        kind = FIELDS[field][0]
+        table[field] = raw[label].astype(str) if kind == "str" else _to_numeric_checked(raw[label], label, path)
+        labels[field] = label
+
+    optics_raw = None
+    if optics is not None:
+        if "rlnOpticsGroup" not in optics.columns:
+            raise InputError("optics table has no rlnOpticsGroup column", path)
+        optics_raw = optics.copy()
+        if "optics_group" not in table.columns:
+            if len(optics) != 1:
+                raise InputError("missing column rlnOpticsGroup in particles (several optics groups defined)", path)
+            table["optics_group"] = int(optics["rlnOpticsGroup"].iloc[0])
+        og = optics.set_index(optics["rlnOpticsGroup"].astype(int))
+        unknown = set(table["optics_group"].astype(int)) - set(og.index)
+        if unknown:
+            raise InputError(f"particles refer to optics group(s) {sorted(unknown)} not in data_optics", path)
+        for label, field in OPTICS_LABELS.items():
+            if field == "optics_group" or label not in og.columns:
+                continue
+            values = _to_numeric_checked(og[label], label, path)
+            table[field] = table["optics_group"].astype(int).map(values).to_numpy()
+            labels[field] = label
+        version = "5.0" if (version_tag == 50001 or width == 8) else "3.1"
+    else:
+        version = "3.0"
+        if "pixel_size" not in table.columns:
+            if {"rlnDetectorPixelSize", "rlnMagnification"} <= set(raw.columns):
+                det = _to_numeric_checked(raw["rlnDetectorPixelSize"], "rlnDetectorPixelSize", path)
+                mag = _to_numeric_checked(raw["rlnMagnification"], "rlnMagnification", path)
+                table["pixel_size"] = det * 1e4 / mag
+                labels["pixel_size"] = "rlnDetectorPixelSize/rlnMagnification"
+
+    # pre-3.1 origins in pixels: canonical shifts are Angstrom
+    for axis in ("X", "Y"):
+        px_label, field = f"rlnOrigin{axis}", f"shift_{axis.lower()}"
+        if px_label in raw.columns:
+            px = _to_numeric_checked(raw[px_label], px_label, path)
+            table = table.drop(columns=[px_label])
+            if field not in table.columns:
+                if "pixel_size" not in table.columns:
+                    raise InputError(f"{px_label} is in pixels but the file gives no pixel size", path)
+                table[field] = px.to_numpy() * table["pixel_size"].to_numpy()
+                labels[field] = px_label
+            # raw text and the canonical value it stood for: unchanged rows are written verbatim
+            table[RAW + px_label] = raw[px_label].to_numpy()
+            table[RAW + field] = table[field].to_numpy()
+    table[RAW + "rlnImageName"] = raw["rlnImageName"].astype(str).to_numpy()
+
+    root_path = Path(root) if root is not None else find_project_root(path, str(table["image_stack"].iloc[0]))
+    meta = {
+        "labels": labels,
+        "relion": {
+            "version": version,
+            "name_width": width,
+            "particle_labels": list(raw.columns),
+            "block_name": block_name,
+            "optics": optics_raw,
+        },
+    }
+    ps = ParticleSet(table.reset_index(drop=True), root=root_path, source=str(path), meta=meta)
+    ps.check_finite()
+    return ps
+
+
+# -- ParticleSet -> particle STAR -------------------------------------------------------------
+def _derived_value(ps: ParticleSet, label: str, width: int) -> pd.Series:
+    t = ps.table
+    if label == "rlnImageName":
+        fresh = _format_image_names(t["image_stack"], t["image_index"], width)
+        raw = t.get(RAW + label)
+        if raw is None or width != ps.meta.get("relion", {}).get("name_width"):
+            return fresh  # no raw text, or a different index width asked for (e.g. 3.1 -> 5.0)
+        stack, index, _ = _split_image_names(raw.fillna("0@"), Path(ps.source or "?"))
+        same = (stack.astype(str).values == t["image_stack"].astype(str).values) & (index.values == t["image_index"].values)
+        return pd.Series(np.where(same, raw.values, fresh.values), index=t.index)
+    field = f"shift_{label[-1].lower()}"
+    fresh = t[field] / t["pixel_size"]
+    raw, at_read = t.get(RAW + label), t.get(RAW + field)
+    if raw is None or at_read is None:
+        return fresh
+    same = (at_read.to_numpy() == t[field].to_numpy())
+    return pd.Series(np.where(same, pd.to_numeric(raw, errors="coerce"), fresh), index=t.index)
+
+
+def to_star_blocks(ps: ParticleSet, version: str | None = None) -> tuple[dict[str, pd.DataFrame], str]:
+    """The STAR blocks for ``ps`` in RELION ``version`` (default: the version it was read as)."""
+    rel = ps.meta.get("relion", {})
+    version = version or rel.get("version") or "3.1"
+    if version not in STAR_VERSION:
+        raise ValueError(f"unknown RELION version {version!r} (use one of {sorted(STAR_VERSION)})")
+    ps.require("image_stack", "image_index")
+    t = ps.table
+    if version == rel.get("version") and "name_width" in rel:
+        width = rel["name_width"]
+    else:
+        width = 8 if version == "5.0" else 6
+    optics_in_block = version != "3.0"
+    optics_fields = {f for f in OPTICS_LABELS.values() if f != "optics_group"}
+
+    # columns: the input's labels in order, then canonical fields it lacked, then new passthrough
+    order = list(rel.get("particle_labels", []))
+    for f in FIELDS:
+        if f in ("image_stack", "image_index", "uid") or f not in t.columns:
+            continue
+        if f in optics_fields:
+            continue  # data_optics (3.1+) or appended below (3.0)
+        label = CANONICAL_TO_LABEL.get(f)
+        if label and label not in order and not (f in ("shift_x", "shift_y") and f"rlnOrigin{f[-1].upper()}" in order):
+            order.append(label)
+    if "rlnImageName" not in order:
+        order.insert(0, "rlnImageName")
+    order += [c for c in t.columns if c not in FIELDS and not c.startswith(RAW) and c not in order]
+    if not optics_in_block:
+        for f in sorted(optics_fields):
+            label = CANONICAL_TO_LABEL[f]
+            from_mag = f == "pixel_size" and {"rlnDetectorPixelSize", "rlnMagnification"} <= set(order)
+            if f in t.columns and label not in order and not from_mag:
+                order.append(label)
+    if optics_in_block and "optics_group" not in t.columns:
+        t = t.assign(optics_group=1)
+    if optics_in_block and "rlnOpticsGroup" not in order:
+        order.append("rlnOpticsGroup")
+
+    out = pd.DataFrame(index=t.index)
+    for label in order:
+        if label in DERIVED_LABELS:
+            out[label] = _derived_value(ps, label, width)
+        elif label in PARTICLE_LABELS and PARTICLE_LABELS[label] in t.columns:
+            field = PARTICLE_LABELS[label]
+            if optics_in_block and field in optics_fields:
+                continue  # lives in data_optics
+            out[label] = t[field] if label != "rlnOpticsGroup" else t["optics_group"].astype(int)
+        elif label in t.columns:
+            out[label] = t[label]
+        elif label == "rlnOpticsGroup":
+            out[label] = t["optics_group"].astype(int)
+        # a label of the input that a job dropped is simply not written
+    out = out.reset_index(drop=True)
+    if not optics_in_block:
+        return {rel.get("block_name", "images") if rel.get("version") == "3.0" else "images": out}, version
+    return {"optics": _optics_table(ps, t, version), "particles": out}, version
+
+
+def _optics_table(ps: ParticleSet, t: pd.DataFrame, version: str) -> pd.DataFrame:
+    """data_optics: the input's optics rows and columns, canonical values from the particles."""
+    rel = ps.meta.get("relion", {})
+    groups = t["optics_group"].astype(int)
+    orig = rel.get("optics")
+    if orig is not None:
+        optics = orig.copy().reset_index(drop=True)
+    else:
+        optics = pd.DataFrame({"rlnOpticsGroup": sorted(groups.unique())})
+        optics["rlnOpticsGroupName"] = [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]]
+    present = set(optics["rlnOpticsGroup"].astype(int))
+    extra = sorted(set(groups.unique()) - present)
+    if extra:
+        add = pd.DataFrame({"rlnOpticsGroup": extra})
+        if "rlnOpticsGroupName" in optics:
+            add["rlnOpticsGroupName"] = [f"opticsGroup{g}" for g in extra]
+        optics = pd.concat([optics, add], ignore_index=True)
+    for label, field in OPTICS_LABELS.items():
+        if field == "optics_group" or field not in t.columns:
+            continue
+        per_group = t.groupby(groups)[field]
+        if (per_group.nunique(dropna=False) > 1).any():
+            g = int(per_group.nunique(dropna=False).idxmax())
+            raise InputError(f"optics group {g} has particles with different {label}; "
+                             "give them separate optics groups", ps.source)
+        values = per_group.first()
+        if label not in optics.columns:
+            optics[label] = np.nan
+        mapped = optics["rlnOpticsGroup"].astype(int).map(values)
+        optics[label] = mapped.where(mapped.notna(), optics[label])
+        if field == "box":
+            optics[label] = optics[label].astype("Int64")
+    if orig is None:
+        optics["rlnImageDimensionality"] = 2
+    return optics
+
+
+def write_particles(ps: ParticleSet, path: str | os.PathLike, version: str | None = None) -> str:
+    """Write ``ps`` as a RELION particle STAR (atomically). Returns the version written."""
+    blocks, version = to_star_blocks(ps, version)
+    write_blocks(path, blocks, STAR_VERSION[version])
+    return version

@@ -1,0 +1,31 @@
+"""Shared test fixtures: where the real data lives, and skips with a stated reason."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """Path to a real file under ../shared/data, or skip the test saying why."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real test data not available: {p} (../shared/data is absent on a user's clone)")
+    return p
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not available: {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+def need_relion(*programs: str) -> None:
+    for prog in programs or ("relion_refine",):
+        if shutil.which(prog) is None:
+            pytest.skip(f"{prog} not on PATH (install it with install/relion-debian.sh)")
