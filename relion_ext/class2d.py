@@ -70,20 +70,16 @@ def _numeric(col: pd.Series) -> np.ndarray:
     return pd.to_numeric(col, errors="coerce").to_numpy(np.float64)
 
 
-def read_class2d(path: str | os.PathLike, root: str | os.PathLike | None = None,
-                 load_images: bool = True) -> ClassSet:
-    """Read a Class2D iteration (data + model + class stack) as a ClassSet."""
-    files = find_class2d_files(path)
-    blocks = read_blocks(files.model)
-    general = blocks.get("model_general")
-    classes = blocks.get("model_classes")
-    if not isinstance(classes, pd.DataFrame) or "rlnReferenceImage" not in classes.columns:
-        raise InputError("no model_classes table with rlnReferenceImage", files.model)
-    if isinstance(general, dict) and int(general.get("rlnReferenceDimensionality", 2)) != 2:
-        raise InputError("this is a 3D model (rlnReferenceDimensionality 3), not 2D classes", files.model)
-    pixel_size = float(general["rlnPixelSize"]) if isinstance(general, dict) and "rlnPixelSize" in general else None
+CLASS_LABELS = ("rlnReferenceImage", "rlnClassDistribution", "rlnEstimatedResolution", "rlnAccuracyRotations",
+                "rlnAccuracyTranslationsAngst", "rlnAccuracyTranslations", "rlnOverallFourierCompleteness")
 
-    stack, index, _ = _split_image_names(classes["rlnReferenceImage"], files.model)
+
+def class_table(classes: pd.DataFrame, pixel_size: float | None, path: Path) -> pd.DataFrame:
+    """``data_model_classes`` -> canonical per-class statistics (row k is class k+1).
+
+    999 accuracies become NaN (not estimated), ``inf`` resolutions stay inf, ``-nan`` is NaN.
+    """
+    stack, index, _ = _split_image_names(classes["rlnReferenceImage"], path)
     table = pd.DataFrame({"class_id": np.arange(1, len(classes) + 1, dtype=np.int64),
                           "image_stack": stack.values, "image_index": index.values})
     if "rlnClassDistribution" in classes:
@@ -98,11 +94,26 @@ def read_class2d(path: str | os.PathLike, root: str | os.PathLike | None = None,
             table[field] = np.where(vals >= UNKNOWN_ACCURACY, np.nan, vals * scale)
     if "rlnOverallFourierCompleteness" in classes:
         table["completeness"] = _numeric(classes["rlnOverallFourierCompleteness"])
-    for label in classes.columns:  # everything else passes through, numeric where it can be
-        if label not in ("rlnReferenceImage", "rlnClassDistribution", "rlnEstimatedResolution",
-                         "rlnAccuracyRotations", "rlnAccuracyTranslationsAngst", "rlnAccuracyTranslations",
-                         "rlnOverallFourierCompleteness"):
+    for label in classes.columns:  # everything else passes through
+        if label not in CLASS_LABELS:
             table[label] = classes[label].to_numpy()
+    return table
+
+
+def read_class2d(path: str | os.PathLike, root: str | os.PathLike | None = None,
+                 load_images: bool = True) -> ClassSet:
+    """Read a Class2D iteration (data + model + class stack) as a ClassSet."""
+    files = find_class2d_files(path)
+    blocks = read_blocks(files.model)
+    general = blocks.get("model_general")
+    classes = blocks.get("model_classes")
+    if not isinstance(classes, pd.DataFrame) or "rlnReferenceImage" not in classes.columns:
+        raise InputError("no model_classes table with rlnReferenceImage", files.model)
+    if isinstance(general, dict) and int(general.get("rlnReferenceDimensionality", 2)) != 2:
+        raise InputError("this is a 3D model (rlnReferenceDimensionality 3), not 2D classes", files.model)
+    pixel_size = float(general["rlnPixelSize"]) if isinstance(general, dict) and "rlnPixelSize" in general else None
+
+    table = class_table(classes, pixel_size, files.model)
 
     particles: ParticleSet | None = None
     if files.data is not None:

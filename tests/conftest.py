@@ -29,3 +29,18 @@ def need_relion(*programs: str) -> None:
     for prog in programs or ("relion_refine",):
         if shutil.which(prog) is None:
             pytest.skip(f"{prog} not on PATH (install it with install/relion-debian.sh)")
+
+
+@pytest.fixture(scope="session")
+def relion_class2d(tmp_path_factory):
+    """A real RELION project: relion_project particles (CTF + noise) and a short relion_refine Class2D.
+
+    Returns (project_dir, path of the last run_itNNN_data.star). Built once per test session (~15 s).
+    """
+    need_relion("relion_project", "relion_refine")
+    from relion_helpers import project_particles, run_class2d
+
+    proj = tmp_path_factory.mktemp("relion_class2d")
+    project_particles(proj, "protA", 300, seed=1)
+    data = run_class2d(proj, "Synthetic/protA_particles.star", K=4, iters=3)
+    return proj, data
