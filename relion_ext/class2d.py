@@ -143,3 +143,38 @@ def read_class2d(path: str | os.PathLike, root: str | os.PathLike | None = None,
                        "iteration": files.iteration, "model_classes": classes, "model_general": general,
                        "root": str(project)}}
     return ClassSet(table, images, pixel_size, particles, source=str(files.model), meta=meta)
+
+
+def class_rows(cs: ClassSet) -> pd.DataFrame:
+    """RELION ``model_classes`` rows for the classes of ``cs`` (original values where known)."""
+    rel = cs.meta.get("relion", {})
+    raw = rel.get("model_classes")
+    if isinstance(raw, pd.DataFrame) and "class_id" in cs.table:
+        rows = raw.iloc[cs.table["class_id"].to_numpy(np.int64) - 1].reset_index(drop=True)
+    else:
+        from .star import _format_image_names
+
+        rows = pd.DataFrame({"rlnReferenceImage": _format_image_names(cs.table["image_stack"], cs.table["image_index"], 6)})
+        for field, label in (("distribution", "rlnClassDistribution"), ("acc_rot", "rlnAccuracyRotations"),
+                             ("acc_trans", "rlnAccuracyTranslationsAngst"), ("resolution", "rlnEstimatedResolution")):
+            if field in cs.table:
+                rows[label] = cs.table[field].fillna(UNKNOWN_ACCURACY).to_numpy()
+    # scores a job added to the class table ride along under their RELION labels
+    for label in ("rlnClassScore", "rlnPredictedClassScore"):
+        if label in cs.table:
+            rows[label] = cs.table[label].to_numpy()
+    return rows
+
+
+def write_class_averages(cs: ClassSet, path: str | os.PathLike) -> None:
+    """``class_averages.star`` as RELION's Select writes it: an unnamed block, one row per class."""
+    from .star import write_blocks
+
+    write_blocks(path, {"": class_rows(cs)})
+
+
+def write_backup_selection(selected: list[int], path: str | os.PathLike) -> None:
+    """``backup_selection.star``: rlnSelected 0/1 per class, so relion_display shows the choice."""
+    from .star import write_blocks
+
+    write_blocks(path, {"": pd.DataFrame({"rlnSelected": [int(bool(s)) for s in selected]})})
