@@ -92,3 +92,51 @@ def run_class2d(project: Path, star: str, job: str = "Class2D/job002", K: int = 
          "--oversampling", "1", "--psi_step", "12", "--offset_range", "5", "--offset_step", "2", "--norm",
          "--scale", "--j", "2", "--random_seed", str(seed)], project, log=f"{job}/run.log")
     return project / job / f"run_it{iters:03d}_data.star"
+
+
+BOOTSTRAP_PIPELINE = "\n# version 30001\n\ndata_pipeline_general\n\n_rlnPipeLineJobCounter 1\n\n"
+
+
+def add_and_run_external(project: Path, options: dict[str, str], timeout: int = 300,
+                         on_start=None) -> tuple[Path, int]:
+    """``relion_pipeliner --addJob External`` + ``--RunJobs``; returns (job dir, process status).
+
+    Status is RELION's integer: 2 succeeded, 3 failed, 4 aborted (relion_pipeliner itself exits 0
+    either way). ``on_start(job_dir)`` is called once RELION has launched the job.
+    """
+    import threading
+    import time
+
+    from cryolens.relion_ext.star import read_blocks
+
+    if not (project / "default_pipeline.star").exists():
+        (project / "default_pipeline.star").write_text(BOOTSTRAP_PIPELINE)
+    before = set(read_blocks(project / "default_pipeline.star").get("pipeline_processes", pd.DataFrame(
+        {"rlnPipeLineProcessName": []}))["rlnPipeLineProcessName"])
+    opts = ";".join(f"{k} == {v}" for k, v in options.items())
+    run(["relion_pipeliner", "--addJob", "External", "--addJobOptions", opts], project)
+    procs = read_blocks(project / "default_pipeline.star")["pipeline_processes"]
+    job = next(p for p in procs["rlnPipeLineProcessName"] if p not in before)
+    job_dir = project / job
+    watcher = None
+    if on_start is not None:
+        def watch():
+            deadline = time.monotonic() + timeout
+            while not (job_dir / "run.out").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            on_start(job_dir)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+    run(["relion_pipeliner", "--RunJobs", job, "--sec_wait_after", "1"], project, timeout=timeout)
+    if watcher is not None:
+        watcher.join(timeout=5)
+    procs = read_blocks(project / "default_pipeline.star")["pipeline_processes"]
+    status = int(procs.loc[procs["rlnPipeLineProcessName"] == job, "rlnPipeLineProcessStatus"].iloc[0])
+    return job_dir, status
+
+
+def pipeline_nodes(project: Path) -> dict[str, int]:
+    from cryolens.relion_ext.star import read_blocks
+
+    nodes = read_blocks(project / "default_pipeline.star")["pipeline_nodes"]
+    return dict(zip(nodes["rlnPipeLineNodeName"], nodes["rlnPipeLineNodeType"].astype(int)))
