@@ -170,3 +170,39 @@ def test_a_failed_run_removes_stale_success_and_declares_nothing(tmp_path, monke
     rc = main(["--job", "select", "--o", "External/job004/", "--in_parts", "missing.star", "--classes", "1"])
     assert rc == 1
     assert sorted(p.name for p in job.iterdir()) == ["RELION_JOB_EXIT_FAILURE"]
+
+
+def test_installed_templates_match_the_registry(tmp_path):
+    from cryolens.relion_ext.templates import write_templates
+
+    fresh = write_templates(tmp_path)
+    assert fresh, "no jobs registered"
+    for path in fresh:
+        committed = REPO / "install" / "relion" / path.name
+        assert committed.exists(), f"run: python -m cryolens.relion_ext.templates install/relion ({path.name})"
+        assert committed.read_text() == path.read_text(), f"{committed} is stale: regenerate it"
+
+
+def test_every_job_has_its_relion_executable():
+    import tomllib
+
+    from cryolens.core.jobs import load_all
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    for name in load_all():
+        assert scripts.get(f"cryolens-relion-{name}") == "cryolens.relion_ext.external:main", name
+
+
+@pytest.mark.relion
+def test_template_loads_into_the_pipeliner_and_runs(project, monkeypatch):
+    proj, data = project
+    monkeypatch.setenv("PATH", f"{Path(EXE).parent}:{__import__('os').environ['PATH']}")
+    (proj / "default_pipeline.star").write_text("\n# version 30001\n\ndata_pipeline_general\n\n_rlnPipeLineJobCounter 1\n\n")
+    template = REPO / "install" / "relion" / "cryolens_select_job.star"
+    run(["relion_pipeliner", "--addJobFromStar", str(template), "--addJobOptions",
+         f"in_part == {data};param1_value == 2"], proj)
+    run(["relion_pipeliner", "--RunJobs", "External/job001/", "--sec_wait_after", "1"], proj, timeout=300)
+    job = proj / "External" / "job001"
+    assert (job / "RELION_JOB_EXIT_SUCCESS").exists(), (job / "run.err").read_text()
+    assert set(read_particles(job / "particles.star").table["class_id"]) == {2}
+    assert not (job / "rejected.star").exists()  # write_rejected 'no' from the template
