@@ -112,6 +112,9 @@ def write_blocks(path: str | os.PathLike, blocks: dict[str, Any], version: int |
 def _split_image_names(names: pd.Series, path: Path) -> tuple[pd.Series, pd.Series, int]:
     """``NNN@stack`` -> (stack, 0-based index, zero-padding width; 0 = unpadded)."""
     names = names.astype(str)
+    if len(names) == 0:
+        empty = pd.Series([], dtype=object, index=names.index)
+        return empty, pd.Series([], dtype=np.int64, index=names.index), 0
     has_at = names.str.contains("@", regex=False)
     parts = names.str.split("@", n=1, expand=True)
     if parts.shape[1] == 1:

@@ -40,7 +40,8 @@ def test_classes_images_and_membership_match_relion(relion_class2d, tmp_path, mo
     k = int(cs.table["class_id"][cs.table["n_particles"].idxmax()])
     members = cs.members(k)
     assert (members.table["class_id"] == k).all() and len(members) == counts[k]
-    assert cs.table["posterior"].between(0, 1).all()
+    post = cs.table["posterior"]
+    assert post[cs.table["n_particles"] > 0].between(0, 1).all() and post[cs.table["n_particles"] == 0].isna().all()
 
 
 def test_empty_classes_with_999_inf_and_nan_statistics(tmp_path):
@@ -80,3 +81,11 @@ def test_a_3d_model_is_refused(tmp_path):
     dst.write_text(src.read_text())
     with pytest.raises(InputError, match="3D model"):
         read_class2d(dst)
+
+
+def test_empty_classes_of_a_real_run_read_as_inf_resolution(relion_class2d):
+    _, data = relion_class2d
+    cs = read_class2d(data)
+    empty = cs.table[cs.table["n_particles"] == 0]
+    assert len(empty) >= 1, "the seeded run is expected to leave a class empty"
+    assert np.isinf(empty["resolution"]).all()

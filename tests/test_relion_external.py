@@ -200,9 +200,9 @@ def test_template_loads_into_the_pipeliner_and_runs(project, monkeypatch):
     (proj / "default_pipeline.star").write_text("\n# version 30001\n\ndata_pipeline_general\n\n_rlnPipeLineJobCounter 1\n\n")
     template = REPO / "install" / "relion" / "cryolens_select_job.star"
     run(["relion_pipeliner", "--addJobFromStar", str(template), "--addJobOptions",
-         f"in_part == {data};param1_value == 2"], proj)
+         f"in_part == {data};param1_value == 4"], proj)
     run(["relion_pipeliner", "--RunJobs", "External/job001/", "--sec_wait_after", "1"], proj, timeout=300)
     job = proj / "External" / "job001"
     assert (job / "RELION_JOB_EXIT_SUCCESS").exists(), (job / "run.err").read_text()
-    assert set(read_particles(job / "particles.star").table["class_id"]) == {2}
+    assert set(read_particles(job / "particles.star").table["class_id"]) == {4}
     assert not (job / "rejected.star").exists()  # write_rejected 'no' from the template

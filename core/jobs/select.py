@@ -109,6 +109,8 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
     elif not why:
         raise CryolensError("nothing to select by: give --classes, --column with a threshold, or --split_by")
     else:
+        if not keep.any():
+            raise CryolensError(f"no particles selected ({'; '.join(why)}): nothing to write")
         res.particles["particles"] = ps.subset(keep)
         if params["write_rejected"]:
             res.particles["rejected"] = ps.subset(~keep)
