@@ -18,18 +18,10 @@ from cryolens.core.particles import ParticleSet
 from cryolens.relion_ext.star import write_particles
 
 
-def phantom_volume(box: int = 64, seed: int = 0, n_blobs: int = 12, radius_px: float = 18.0) -> np.ndarray:
-    """An asymmetric blob 'protein' (sum of Gaussians) centred in a box."""
-    rng = np.random.default_rng(seed)
-    c = box // 2
-    z, y, x = np.mgrid[:box, :box, :box].astype(np.float32) - c
-    vol = np.zeros((box, box, box), np.float32)
-    for _ in range(n_blobs):
-        p = rng.normal(size=3)
-        p = p / np.linalg.norm(p) * rng.uniform(0, radius_px)
-        s = rng.uniform(2.5, 5.0)
-        vol += rng.uniform(0.5, 1.5) * np.exp(-((x - p[0]) ** 2 + (y - p[1]) ** 2 + (z - p[2]) ** 2) / (2 * s * s))
-    return vol
+def phantom_volume(box: int = 64, seed: int = 0) -> np.ndarray:
+    from cryolens.core.simulate.example import blob_phantom
+
+    return blob_phantom(box, seed)
 
 
 def write_volume(path: Path, vol: np.ndarray, pixel_size: float) -> None:
