@@ -3,6 +3,8 @@
     cryolens info FILE...            what a file holds (particles, classes, maps, pipelines)
     cryolens convert IN OUT          RELION STAR <-> cryoSPARC .cs, identity preserved
     cryolens example OUTDIR          write the built-in example RELION project
+    cryolens jobs                    list the registered jobs and their parameters
+    cryolens run JOB --particles F --out DIR [--PARAM VALUE ...]   run a job from the shell
 
 Errors print one line naming the file and the problem (a traceback only with --debug).
 """
@@ -49,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--relion-version", choices=["3.0", "3.1", "4.0", "5.0"],
                       help="STAR flavour to write (default: the input's, or 3.1)")
 
+    jobs = sub.add_parser("jobs", help="list the registered jobs and their parameters")
+    _common(jobs, suppress=True)
+
+    runp = sub.add_parser("run", help="run a registered job from the shell (job parameters after the job name)",
+                          add_help=False)
+    runp.add_argument("job", metavar="JOB")
+    runp.add_argument("job_args", nargs=argparse.REMAINDER, metavar="...")
+
     ex = sub.add_parser("example", help="write the built-in example RELION project")
     _common(ex, suppress=True)
     ex.add_argument("outdir", metavar="OUTDIR")
@@ -72,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_convert(args)
         if args.command == "example":
             return run_example(args)
+        if args.command == "jobs":
+            return run_jobs_list()
+        if args.command == "run":
+            from cryolens.shell_job import run_shell_job
+
+            return run_shell_job(args.job, args.job_args, device=args.device, seed=args.seed, debug=args.debug)
     except CryolensError as err:
         if args.debug:
             traceback.print_exc()
@@ -103,6 +119,16 @@ def run_convert(args: argparse.Namespace) -> int:
     ps = read_particles(src, project_dir=args.project_dir)
     write_particles(ps, dst, relion_version=args.relion_version)
     print(f"wrote {len(ps)} particles: {src} -> {dst}")
+    return 0
+
+
+def run_jobs_list() -> int:
+    from cryolens.core.jobs import load_all
+
+    for name, spec in sorted(load_all().items()):
+        print(f"{name}: {spec.summary}")
+        for p in spec.params:
+            print(f"    --{p.name} ({p.type.__name__}, default {p.default!r}): {p.help}")
     return 0
 
 
