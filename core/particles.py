@@ -164,7 +164,10 @@ class ParticleSet:
         if len(roots) > 1:
             raise InputError("cannot concatenate particle sets whose images are relative to different "
                              f"project directories: {sorted(map(str, roots))}")
-        table = pd.concat([s.table for s in sets], ignore_index=True, sort=False)
+        tables = [s.table for s in sets]
+        if any("uid" in t for t in tables):  # keep uint64 exact where some sets have no uid
+            tables = [t.assign(uid=t["uid"].astype("UInt64")) if "uid" in t else t for t in tables]
+        table = pd.concat(tables, ignore_index=True, sort=False)
         first = sets[0]
         return ParticleSet(table, first.root, first.source, copy.deepcopy(first.meta))
 

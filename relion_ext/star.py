@@ -48,6 +48,9 @@ PARTICLE_LABELS = {
     "rlnAmplitudeContrast": "amp_contrast",
     "rlnImagePixelSize": "pixel_size",
     "rlnImageSize": "box",
+    # not a RELION label: cryoSPARC's row identity, kept so .cs -> .star -> .cs gives the same uids
+    # (RELION keeps unknown labels through its programs)
+    "cryosparcUid": "uid",
 }
 OPTICS_LABELS = {
     "rlnOpticsGroup": "optics_group",
@@ -200,7 +203,12 @@ def read_particles(path: str | os.PathLike, root: str | os.PathLike | None = Non
             table[label] = raw[label]
             continue
         kind = FIELDS[field][0]
-        table[field] = raw[label].astype(str) if kind == "str" else _to_numeric_checked(raw[label], label, path)
+        if kind == "str":
+            table[field] = raw[label].astype(str)
+        elif kind == "uint":
+            table[field] = pd.to_numeric(raw[label].astype(str), downcast=None).astype(np.uint64)
+        else:
+            table[field] = _to_numeric_checked(raw[label], label, path)
         labels[field] = label
 
     optics_raw = None
@@ -302,7 +310,7 @@ def to_star_blocks(ps: ParticleSet, version: str | None = None) -> tuple[dict[st
     # columns: the input's labels in order, then canonical fields it lacked, then new passthrough
     order = list(rel.get("particle_labels", []))
     for f in FIELDS:
-        if f in ("image_stack", "image_index", "uid") or f not in t.columns:
+        if f in ("image_stack", "image_index") or f not in t.columns:
             continue
         if f in optics_fields:
             continue  # data_optics (3.1+) or appended below (3.0)
@@ -311,7 +319,8 @@ def to_star_blocks(ps: ParticleSet, version: str | None = None) -> tuple[dict[st
             order.append(label)
     if "rlnImageName" not in order:
         order.insert(0, "rlnImageName")
-    order += [c for c in t.columns if c not in FIELDS and not c.startswith(RAW) and c not in order]
+    # passthrough columns; cryoSPARC fields ("prefix/name") have no meaning to RELION
+    order += [c for c in t.columns if c not in FIELDS and not c.startswith(RAW) and "/" not in c and c not in order]
     if not optics_in_block:
         for f in sorted(optics_fields):
             label = CANONICAL_TO_LABEL[f]
