@@ -67,8 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"cryolens: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        import warnings
+
+        warnings.showwarning = _warning_line  # one line, no source excerpt
     try:
         from cryolens.core.runtime import resolve_device, seed_everything
 

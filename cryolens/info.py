@@ -118,9 +118,12 @@ def summarize(path: Path, args: argparse.Namespace) -> list[str]:
                          for k, v in blocks.items())
         return [f"{path}: STAR file with {desc}"]
     if kind == "cs":
-        from cryolens.cryosparc_ext.csfile import describe, read_particles as read_cs
+        from cryolens.cryosparc_ext.csfile import load_dataset, read_particles as read_cs
 
-        out = [f"{path}: cryoSPARC dataset", *describe(path)]
+        dset = load_dataset(path)
+        prefixes = sorted({f.split("/", 1)[0] for f in dset.fields() if "/" in f})
+        out = [f"{path}: cryoSPARC dataset, {len(dset)} rows, {len(dset.fields())} fields",
+               f"  slots: {', '.join(prefixes) if prefixes else 'none'}"]
         try:
             ps = read_cs(path, project_dir=project)
         except InputError as err:

@@ -12,4 +12,6 @@ $CL convert "$OUT/particles.star" "$OUT/particles.cs"
 $CL info "$OUT/particles.cs"
 $CL convert "$OUT/particles.cs" "$OUT/roundtrip.star" --project-dir "$OUT"
 $CL info "$OUT/roundtrip.star"
+# a registered job from the shell (the same job runs as a RELION External job: cryolens-relion-select)
+$CL run select --particles "$OUT/particles.star" --out "$OUT/select" --column rlnDefocusU --max_quantile 0.5
 echo "demo finished: outputs in $OUT/"
