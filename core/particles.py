@@ -12,6 +12,7 @@ as a canonical column when the source has one, so both programs can always find 
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -197,6 +198,16 @@ class ParticleSet:
 
         self.require("image_stack", "image_index")
         codes, stacks = pd.factorize(self.table["image_stack"].astype(str))
+        if self.root is not None:
+            root = os.path.normpath(os.path.abspath(self.root))
+            for stack in stacks:
+                # RELION paths are project-relative; '..' that leaves the project is a broken or
+                # hostile path (absolute paths are RELION-legal and allowed)
+                if not os.path.isabs(stack):
+                    full = os.path.normpath(os.path.join(root, stack))
+                    if os.path.commonpath([root, full]) != root:
+                        raise InputError(f"image path {stack!r} points outside the project directory {root}",
+                                         self.source)
         src = ImageSource(list(stacks), codes.astype(np.int64),
                           self.table["image_index"].to_numpy(np.int64), root=self.root)
         if validate:

@@ -140,6 +140,10 @@ def run_info(args: argparse.Namespace) -> int:
         try:
             lines = summarize(Path(p), args)
         except InputError as err:
+            if getattr(args, "debug", False):
+                import traceback
+
+                traceback.print_exc()
             print(f"cryolens: error: {err}", file=sys.stderr, flush=True)
             failed += 1
             continue
