@@ -58,6 +58,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 def write_results(result: JobResult, out: Path, fmt: str) -> list[Path]:
     from cryolens.core.atomic import atomic_path
+    from cryolens.core.report import save_figure
 
     written: list[Path] = []
     for name, ps in result.particles.items():
@@ -86,10 +87,7 @@ def write_results(result: JobResult, out: Path, fmt: str) -> list[Path]:
             table.to_csv(tmp, index=False)
         written.append(path)
     for name, fig in result.figures.items():
-        path = out / f"{name}.pdf"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="pdf")
-        written.append(path)
+        written.append(save_figure(fig, out / f"{name}.pdf"))
     return written
 
 

@@ -177,11 +177,9 @@ def write_outputs(result: JobResult, spec: JobSpec, job_dir: Path, written: list
         write_blocks(path, {name: table})
         written.append(path)
     for name, fig in result.figures.items():
-        from cryolens.core.atomic import atomic_path
+        from cryolens.core.report import save_figure
 
-        path = job_dir / f"{name}.pdf"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="pdf")
+        path = save_figure(fig, job_dir / f"{name}.pdf")
         written.append(path)
         nodes.append((str(path), "figure"))
     return nodes
