@@ -6,7 +6,6 @@ as RELION's GUI does, so paths in the STAR files are project-relative.
 """
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import mrcfile
@@ -15,6 +14,7 @@ import pandas as pd
 from scipy.spatial.transform import Rotation
 
 from cryolens.core.particles import ParticleSet
+from cryolens.relion_ext import programs
 from cryolens.relion_ext.star import write_particles
 
 
@@ -52,13 +52,8 @@ def pose_table(n: int, seed: int, box: int = 64, pixel_size: float = 3.0, tag: s
     return ParticleSet(t)
 
 
-def run(cmd: list[str], cwd: Path, log: str | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if log:
-        (cwd / log).write_text(res.stdout + "\n--- stderr ---\n" + res.stderr)
-    if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
-    return res
+def run(cmd: list[str], cwd: Path, log: str | None = None, timeout: int = 900):
+    return programs.run(cmd, cwd, log=log, timeout=timeout)
 
 
 def project_particles(project: Path, tag: str, n: int, seed: int, box: int = 64, pixel_size: float = 3.0,
@@ -77,13 +72,7 @@ def project_particles(project: Path, tag: str, n: int, seed: int, box: int = 64,
 def run_class2d(project: Path, star: str, job: str = "Class2D/job002", K: int = 4, iters: int = 3,
                 diameter: float = 150, seed: int = 1) -> Path:
     """A short CPU relion_refine 2D classification; returns the last _data.star."""
-    (project / job).mkdir(parents=True, exist_ok=True)
-    run(["relion_refine", "--o", f"{job}/run", "--i", star, "--dont_combine_weights_via_disc", "--preread_images",
-         "--pool", "30", "--pad", "2", "--ctf", "--iter", str(iters), "--tau2_fudge", "2",
-         "--particle_diameter", str(diameter), "--K", str(K), "--flatten_solvent", "--zero_mask",
-         "--oversampling", "1", "--psi_step", "12", "--offset_range", "5", "--offset_step", "2", "--norm",
-         "--scale", "--j", "2", "--random_seed", str(seed)], project, log=f"{job}/run.log")
-    return project / job / f"run_it{iters:03d}_data.star"
+    return programs.class2d(project, star, job=job, K=K, iters=iters, diameter_A=diameter, seed=seed)
 
 
 BOOTSTRAP_PIPELINE = "\n# version 30001\n\ndata_pipeline_general\n\n_rlnPipeLineJobCounter 1\n\n"
