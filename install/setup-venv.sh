@@ -26,7 +26,7 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     $PIP install -q "$TORCH"
 fi
 echo "installing cryolens and its dependencies"
-$PIP install -q -e ".[test]"
+$PIP install -q -e ".[test,models]"
 "$VENV/bin/python" - <<'PY'
 import torch, cryolens
 print(f"cryolens {cryolens.__version__} with torch {torch.__version__} "
