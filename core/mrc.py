@@ -265,6 +265,12 @@ def open_stack(path: str | os.PathLike, *, as_stack: bool = False) -> np.memmap:
 
 
 # -- writing ---------------------------------------------------------------------------------
+def _label(header) -> None:
+    """A fixed label instead of mrcfile's timestamped one: same data, same bytes."""
+    header.label[0] = b"cryolens"
+    header.nlabl = 1
+
+
 def _set_stats(header, data: np.ndarray, chunk_bytes: int = 1 << 26) -> None:
     """dmin/dmax/dmean/rms in bounded memory (mrcfile's own std() copies the whole array)."""
     n = data.size
@@ -293,6 +299,7 @@ def write_map(path: str | os.PathLike, data: np.ndarray, voxel_size: float | Non
             mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
             mrc.header.ispg = 1  # a volume, even where the data would fit an image stack
             mrc.voxel_size = float(voxel_size or 0.0)
+            _label(mrc.header)
 
 
 @contextlib.contextmanager
@@ -311,6 +318,7 @@ def stack_writer(path: str | os.PathLike, shape: tuple[int, int, int],
             mrc.set_image_stack()  # ispg 0, mz 1
             mrc.voxel_size = float(pixel_size or 0.0)
             _set_stats(mrc.header, mrc.data)
+            _label(mrc.header)
 
 
 def write_stack(path: str | os.PathLike, data: np.ndarray, pixel_size: float | None) -> None:

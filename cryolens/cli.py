@@ -3,6 +3,7 @@
     cryolens info FILE...            what a file holds (particles, classes, maps, pipelines)
     cryolens convert IN OUT          RELION STAR <-> cryoSPARC .cs, identity preserved
     cryolens example OUTDIR          write the built-in example RELION project
+    cryolens simulate OUTDIR         phantom proteins, particles, junk and 2D classes with ground truth
     cryolens jobs                    list the registered jobs and their parameters
     cryolens run JOB --particles F --out DIR [--PARAM VALUE ...]   run a job from the shell
 
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--relion-version", choices=["3.0", "3.1", "4.0", "5.0"],
                       help="STAR flavour to write (default: the input's, or 3.1)")
 
+    from cryolens.simulate_cmd import add_parser as add_simulate
+
+    _common(add_simulate(sub), suppress=True)
+
     jobs = sub.add_parser("jobs", help="list the registered jobs and their parameters")
     _common(jobs, suppress=True)
 
@@ -90,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_convert(args)
         if args.command == "example":
             return run_example(args)
+        if args.command == "simulate":
+            from cryolens.simulate_cmd import run_simulate
+
+            return run_simulate(args)
         if args.command == "jobs":
             return run_jobs_list()
         if args.command == "run":

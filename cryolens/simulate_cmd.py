@@ -1,0 +1,112 @@
+"""``cryolens simulate OUTDIR``: a phantom universe written as a RELION project (and cryoSPARC .cs).
+
+Species are phantom proteins (core.simulate.proteins); particles carry CTFs, noise, junk and
+ground truth (core.simulate.particles); 2D classes come from the fast synthesis
+(core.simulate.classes) and/or a real ``relion_refine`` run (relion_ext.simulate).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("simulate", help="write a simulated data set with ground truth (RELION project, .cs)")
+    p.add_argument("outdir", metavar="OUTDIR", help="project directory to write (created)")
+    p.add_argument("--n", type=int, default=2000, help="particles (default 2000)")
+    p.add_argument("--species", type=int, default=3, help="number of phantom proteins (default 3)")
+    p.add_argument("--box", type=int, default=64, help="box size, px (default 64)")
+    p.add_argument("--pixel-size", type=float, default=3.0, help="pixel size, A (default 3.0)")
+    p.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio (default 0.1)")
+    p.add_argument("--junk", type=float, default=0.1, help="fraction of junk particles (default 0.1)")
+    p.add_argument("--noise", choices=["white", "coloured", "realistic"], default="realistic")
+    p.add_argument("--classes", type=int, default=12, help="2D classes to make (default 12)")
+    p.add_argument("--class-route", choices=["fast", "relion", "both", "none"], default="fast",
+                   help="fast synthesis, a real relion_refine run, both, or none (default fast)")
+    p.add_argument("--relion-iters", type=int, default=5, help="relion_refine iterations (default 5)")
+    p.add_argument("--cs", action="store_true", help="also write the particles as a cryoSPARC .cs")
+    return p
+
+
+def _species(phantoms) -> dict:
+    from cryolens.core.simulate.particles import Species
+
+    out = {}
+    for ph in phantoms:
+        conf = ph.conformations
+        if conf is not None and conf.continuous:
+            out[ph.name] = Species(ph.name, conf.density, conformations=4)
+        elif conf is not None and conf.n_states > 1:
+            out[ph.name] = Species(ph.name, lambda t, c=conf: c.state(int(round(t))).density,
+                                   conformations=list(range(conf.n_states)))
+        else:
+            out[ph.name] = Species(ph.name, ph.density)
+    return out
+
+
+def _short(name: str) -> str:
+    return str(name).split("-s")[0][:16]  # phantom names end in their seed
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from cryolens.core.report import gallery
+    from cryolens.core.simulate.classes import synthesize_classes
+    from cryolens.core.simulate.particles import ParticleSimulator
+    from cryolens.core.simulate.proteins import phantom_library
+    from cryolens.relion_ext.simulate import class2d_with_truth, write_project
+
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    px, box = args.pixel_size, args.box
+    phantoms = phantom_library(args.species, seed=args.seed, box=box, pixel_size=px)
+    (out / "Simulated").mkdir(exist_ok=True)
+    for ph in phantoms:
+        ph.save(out / "Simulated" / f"map_{ph.name}.mrc")
+    species = _species(phantoms)
+    sim = ParticleSimulator(species, box=box, pixel_size=px, snr=args.snr, noise=args.noise, junk=args.junk,
+                            device=args.device)
+    ps, images, truth = sim.dataset(args.n, seed=args.seed)
+    star = write_project(out, ps, images, truth)
+    print(f"wrote {len(ps)} particles of {box} px at {px} A/px ({', '.join(species)}; "
+          f"{int(truth['is_junk'].sum())} junk) -> {star}")
+    if args.cs:
+        from cryolens.cryosparc_ext.csfile import write_particles as write_cs
+        from cryolens.relion_ext.star import read_particles
+
+        write_cs(read_particles(star, root=out), out / "Simulated" / "particles.cs")
+        print(f"wrote {out / 'Simulated' / 'particles.cs'}")
+
+    rows = [("maps", np.stack([ph.density.sum(0) for ph in phantoms]), [_short(ph.name) for ph in phantoms]),
+            ("particles", images[:10], [_short(s) if not j else str(jt) for s, j, jt in
+                                        zip(truth["species"][:10], truth["is_junk"][:10], truth["junk_type"][:10])])]
+    summary = {"n_particles": len(ps), "species": [ph.name for ph in phantoms], "seed": args.seed}
+    if args.class_route in ("fast", "both") and args.classes > 0:
+        from cryolens.core.mrc import write_stack
+
+        n_junk = max(1, args.classes // 6)
+        cs, ct = synthesize_classes(species, n_classes=args.classes, box=box, pixel_size=px, snr=args.snr,
+                                    noise=args.noise, junk_classes={"empty": n_junk, "carbon_edge": 1, "over_masked": 1},
+                                    seed=args.seed, device=args.device)
+        write_stack(out / "Simulated" / "classes_fast.mrcs", cs.images, px)
+        ct.table.to_csv(out / "Simulated" / "classes_fast_truth.csv", index=False)
+        rows.append(("fast classes", cs.images, [k if k != "protein" else _short(s) for k, s in
+                                                zip(ct.table["truth_kind"], ct.table["truth_species"])]))
+        summary["fast_classes"] = len(cs)
+        print(f"wrote {len(cs)} fast synthetic class averages -> {out / 'Simulated' / 'classes_fast.mrcs'}")
+    if args.class_route in ("relion", "both") and args.classes > 0:
+        cs, ct = class2d_with_truth(out, "Simulated/particles.star", truth, "Simulated/particles.mrcs",
+                                    K=args.classes, iters=args.relion_iters, diameter_A=0.9 * box * px,
+                                    seed=max(1, args.seed), job="Class2D/job001")
+        ct.to_csv(out / "Class2D" / "job001" / "classes_truth.csv", index=False)
+        rows.append(("RELION classes", cs.images, [f"{_short(s) or 'junk'} {p:.2f}" for s, p in
+                                                  zip(ct["truth_species"], ct["truth_purity"])]))
+        summary["relion_classes"] = len(cs)
+        print(f"RELION Class2D: {len(cs)} classes -> {out / 'Class2D' / 'job001'} (truth: classes_truth.csv)")
+    path = gallery(out / "gallery.png", rows)
+    (out / "Simulated" / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"gallery: {path}")
+    return 0
