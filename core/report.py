@@ -15,7 +15,7 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     return path
 
 
-def gallery(path: str | os.PathLike, rows: list[tuple[str, "np.ndarray", list[str] | None]], max_cols: int = 10,
+def gallery(path: str | os.PathLike, rows: list[tuple], max_cols: int = 10,
             tile_in: float = 1.1) -> Path:
     """A PNG/PDF grid: one row per (title, images (n, h, w), captions or None), first ``max_cols`` each."""
     import matplotlib

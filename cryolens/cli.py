@@ -141,11 +141,11 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_jobs_list() -> int:
     from cryolens.core.jobs import load_all
+    from cryolens.core.jobs.base import describe_params
 
     for name, spec in sorted(load_all().items()):
         print(f"{name}: {spec.summary}")
-        for p in spec.params:
-            print(f"    --{p.name} ({p.type.__name__}, default {p.default!r}): {p.help}")
+        print("\n".join(describe_params(spec)))
     return 0
 
 

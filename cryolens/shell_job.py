@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cryolens.core.errors import CryolensError
 from cryolens.core.jobs import JobContext, JobResult, get_job, run_job
+from cryolens.core.jobs.base import add_param_arguments, given_params
 
 
 def build_parser(spec) -> argparse.ArgumentParser:
@@ -30,9 +30,7 @@ def build_parser(spec) -> argparse.ArgumentParser:
     p.add_argument("--project-dir", help="directory image paths are relative to")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", choices=["relion", "cryosparc"], help="output format (default: the input's)")
-    for prm in spec.params:
-        p.add_argument(f"--{prm.name}", dest=f"param__{prm.name}", nargs="?", const=None,
-                       default=argparse.SUPPRESS, help=f"{prm.help} (default {prm.default!r})")
+    add_param_arguments(p, spec)
     return p
 
 
@@ -94,7 +92,7 @@ def write_results(result: JobResult, out: Path, fmt: str) -> list[Path]:
 def run_shell_job(job: str, argv: list[str], device, seed: int, debug: bool) -> int:
     spec = get_job(job)
     args = build_parser(spec).parse_args(argv)
-    params = {k[len("param__"):]: v for k, v in vars(args).items() if k.startswith("param__")}
+    params = given_params(args)
     inputs, fmt = load_inputs(args)
     out = Path(args.out)
     from cryolens.progress import Progress

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -33,6 +33,7 @@ import numpy as np
 
 from cryolens.core.errors import CryolensError, JobAborted
 from cryolens.core.jobs import JobContext, JobSpec, get_job, load_all, run_job
+from cryolens.core.jobs.base import add_param_arguments, describe_params, given_params
 
 from . import csfile
 from .client import JobFailed, connect, describe_error
@@ -84,12 +85,7 @@ def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--debug", action="store_true", help="print tracebacks")
-    taken = {a.dest for a in p._actions}
-    for prm in spec.params:
-        if prm.name in taken or f"param__{prm.name}" in taken:
-            raise AssertionError(f"job {spec.name}: parameter --{prm.name} clashes with an adapter option")
-        p.add_argument(f"--{prm.name}", dest=f"param__{prm.name}", nargs="?", const=None,
-                       default=argparse.SUPPRESS, help=f"{prm.help} (default {prm.default!r})")
+    add_param_arguments(p, spec)
     return p
 
 
@@ -111,8 +107,7 @@ def list_jobs() -> int:
         print(f"{name}: {spec.summary}")
         for i in spec.inputs:
             print(f"    {FLAGS.get(i.kind, '--' + i.name)} ({INPUTS[i.kind][0]}): {i.help}")
-        for prm in spec.params:
-            print(f"    --{prm.name} ({prm.type.__name__}, default {prm.default!r}): {prm.help}")
+        print("\n".join(describe_params(spec)))
     return 0
 
 
@@ -352,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cryolens-cryosparc: error: {err}", file=sys.stderr)
         return 2
     args = build_parser(spec).parse_args(argv[1:])
-    params = {k[len("param__"):]: v for k, v in vars(args).items() if k.startswith("param__")}
+    params = given_params(args)
     title = args.title or default_title(spec, params)
     command = "cryolens-cryosparc " + shlex.join(argv)
     try:

@@ -12,7 +12,6 @@ Facts and sources: ../shared/research/relion.md (section 0 and A).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import traceback
@@ -24,6 +23,7 @@ import pandas as pd
 
 from cryolens.core.errors import CryolensError, JobAborted
 from cryolens.core.jobs import JobContext, JobResult, JobSpec, get_job, load_all, run_job
+from cryolens.core.jobs.base import add_param_arguments, given_params
 
 from .star import header_version, read_blocks, write_blocks, write_particles
 
@@ -94,10 +94,7 @@ def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--debug", nargs="?", const="yes", default=None)
-    for prm in spec.params:
-        # an empty RELION value arrives as a bare flag: nargs='?' takes it as None
-        p.add_argument(f"--{prm.name}", dest=f"param__{prm.name}", nargs="?", const=None,
-                       default=argparse.SUPPRESS, help=f"{prm.help} (default {prm.default!r})")
+    add_param_arguments(p, spec)
     return p
 
 
@@ -112,7 +109,7 @@ class Invocation:
 
 def parse(spec: JobSpec, argv: list[str]) -> Invocation:
     args, unknown = build_parser(spec).parse_known_args(argv)
-    params = {k[len("param__"):]: v for k, v in vars(args).items() if k.startswith("param__")}
+    params = given_params(args)
     return Invocation(spec, Path(args.o), args, params, unknown)
 
 

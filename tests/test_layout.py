@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN_IN_CORE = ("starfile", "cryosparc", "relion_ext", "cryosparc_ext")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import mrcfile
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import shared_path

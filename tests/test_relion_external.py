@@ -5,10 +5,9 @@ import shutil
 import stat
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from conftest import REPO, need_relion, shared_path
+from conftest import REPO, shared_path
 from relion_helpers import add_and_run_external, pipeline_nodes, run
 from cryolens.relion_ext.external import detect_version, main, write_output_nodes
 from cryolens.relion_ext.star import read_blocks, read_particles

@@ -7,7 +7,7 @@ import torch
 
 from cryolens.core.images import lowpass, radius_grid, soft_circular_mask
 from cryolens.core.simulate.example import blob_phantom
-from cryolens.core.simulate.junk import CLASS_JUNK_TYPES, DESCRIPTIONS, JUNK_TYPES, junk_fractions
+from cryolens.core.simulate.junk import DESCRIPTIONS, JUNK_TYPES, junk_fractions
 from cryolens.core.simulate.particles import ParticleSimulator
 
 BOX, PX, N = 64, 2.0, 24

@@ -11,7 +11,7 @@ import pytest
 from conftest import need_relion
 from cryolens.cli import main
 from cryolens.relion_ext import programs
-from cryolens.relion_ext.star import read_particles, write_particles
+from cryolens.relion_ext.star import read_particles
 
 
 def digest(path) -> str:

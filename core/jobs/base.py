@@ -171,3 +171,29 @@ def run_job(spec: JobSpec, inputs: dict[str, Any], raw_params: dict[str, Any], c
     spec.check_inputs(inputs)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     return spec.run(inputs, params, ctx)
+
+
+# -- command-line flags for job parameters (shared by the shell, RELION and cryoSPARC entries) -------
+_DEST = "param__"
+
+
+def add_param_arguments(parser, spec: JobSpec) -> None:
+    """``--<param> [value]`` for every parameter. RELION passes an empty value as a bare flag, so
+    the value is optional; a flag that is not given stays out of the namespace (default applies)."""
+    import argparse
+
+    taken = {a.dest for a in parser._actions}
+    for prm in spec.params:
+        if prm.name in taken:
+            raise AssertionError(f"job {spec.name}: parameter --{prm.name} clashes with an adapter option")
+        parser.add_argument(f"--{prm.name}", dest=_DEST + prm.name, nargs="?", const=None,
+                            default=argparse.SUPPRESS, help=f"{prm.help} (default {prm.default!r})")
+
+
+def given_params(namespace) -> dict[str, Any]:
+    """The raw values of the parameter flags that were given (for ``JobSpec.parse_params``)."""
+    return {k[len(_DEST):]: v for k, v in vars(namespace).items() if k.startswith(_DEST)}
+
+
+def describe_params(spec: JobSpec) -> list[str]:
+    return [f"    --{p.name} ({p.type.__name__}, default {p.default!r}): {p.help}" for p in spec.params]

@@ -97,7 +97,6 @@ def synthesize_classes(volumes, n_classes: int = 20, *, box: int = 64, pixel_siz
         n = int(round(_draw(members, rng, log=True)))
         rot, tilt = float(rng.uniform(-180, 180)), float(np.rad2deg(np.arccos(rng.uniform(-1, 1))))
         t = sim.sample(n, rng)
-        particle_junk = jt is not None and jt not in CLASS_JUNK
         if kind == "good" or jt in CLASS_JUNK:
             sp_cls = sp if sp is not None else int(rng.integers(n_species))
             imp = float(_draw(impurity, rng)) if kind == "good" else 0.0

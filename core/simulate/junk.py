@@ -40,12 +40,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..geometry import euler_to_matrix
-from ..images import apply_soft_mask, radial_frequency_grid, radius_grid
-from ..particles import ClassSet
+from ..images import radial_frequency_grid, radius_grid
 
 __all__ = ["JUNK_TYPES", "CLASS_JUNK_TYPES", "DESCRIPTIONS", "junk_fractions", "sample_junk",
            "sample_junk_geometry", "apply_class_junk", "render"]
