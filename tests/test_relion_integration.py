@@ -38,7 +38,7 @@ def test_relion_reconstruct_accepts_our_star_and_recovers_the_volume(projected, 
         rec = m.data.copy()
     with mrcfile.open(proj / "Synthetic" / "protB.mrc") as m:
         truth = m.data.copy()
-    assert _corr(rec, truth) > 0.6
+    assert _corr(rec, truth) > 0.95  # measured 0.997 (600 particles, noise sd 0.5)
 
 
 def test_relion_star_handler_selects_from_our_star(projected):
