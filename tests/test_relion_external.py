@@ -51,6 +51,21 @@ def test_select_runs_from_the_pipeliner_and_relion_continues(project):
 
 
 @pytest.mark.relion
+def test_threshold_selection_declares_its_histogram_as_a_logfile_node(project):
+    proj, data = project
+    job_dir, status = add_and_run_external(proj, {
+        "fn_exe": EXE, "in_part": str(data), "param1_label": "column",
+        "param1_value": "rlnMaxValueProbDistribution", "param2_label": "min_quantile", "param2_value": "0.25"})
+    assert status == 2, (job_dir / "run.err").read_text()
+    rel = job_dir.relative_to(proj)
+    nodes = pipeline_nodes(proj)
+    assert nodes[f"{rel}/select_histogram.pdf"] == 13 and nodes[f"{rel}/particles.star"] == 3
+    assert (job_dir / "select_histogram.pdf").read_bytes()[:4] == b"%PDF"
+    full, sel = read_particles(proj / data), read_particles(job_dir / "particles.star")
+    assert len(sel) == pytest.approx(0.75 * len(full), abs=3)
+
+
+@pytest.mark.relion
 def test_bad_input_fails_with_a_clear_message_and_no_nodes(project):
     proj, data = project
     job_dir, status = add_and_run_external(proj, {

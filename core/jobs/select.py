@@ -46,6 +46,25 @@ def _numeric(ps: ParticleSet, col: str) -> np.ndarray:
     return values
 
 
+def _histogram(values: np.ndarray, lo, hi, label: str, kept: int, total: int):
+    """The thresholded column's distribution with the cut drawn (a LogFile node in RELION)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist(values, bins=min(100, max(10, len(values) // 20)), color="0.6")
+    for cut in (lo, hi):
+        if cut is not None and np.isfinite(cut):
+            ax.axvline(cut, color="C3", lw=1.5)
+    ax.set_xlabel(label)
+    ax.set_ylabel("particles")
+    ax.set_title(f"select: kept {kept} of {total} particles", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
     classes: ClassSet | None = inputs.get("classes")
     ps: ParticleSet | None = inputs.get("particles")
@@ -91,6 +110,7 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
         keep &= m
         why.append(f"{ps.label(col)} in [{'-inf' if lo is None else f'{lo:.6g}'}, "
                    f"{'inf' if hi is None else f'{hi:.6g}'}]")
+        res.figures["select_histogram"] = _histogram(values[finite], lo, hi, ps.label(col), int(m.sum()), len(ps))
     elif any(params[k] is not None for k in ("min_value", "max_value", "min_quantile", "max_quantile")):
         raise CryolensError("a threshold or quantile was given without --column")
 
@@ -143,6 +163,7 @@ SPEC = register(JobSpec(
     outputs=(Output("particles", "particles", "selected particles (or one set per value with --split_by)"),
              Output("rejected", "particles", "particles not selected (with --write_rejected)"),
              Output("class_averages", "classes", "the selected classes (when selecting 2D classes)"),
-             Output("selection", "table", "how many particles each output holds")),
+             Output("selection", "table", "how many particles each output holds"),
+             Output("select_histogram", "figure", "distribution of the thresholded column with the cut")),
     run=run,
 ))
