@@ -1,0 +1,227 @@
+"""Embedding library and cosine nearest-neighbour search in torch, plus retrieval metrics.
+
+``EmbeddingIndex`` stores L2-normalised embeddings (float32 or float16) with one metadata row per
+entry (a pandas DataFrame). Search is exact and chunked over both the library and the queries,
+so memory stays bounded (query_chunk x library_chunk scores at a time) for millions of entries.
+
+On disk: one ``.npz`` (no pickles) holding ``embeddings``, a JSON ``header`` with the format name
+and version, and the metadata as JSON (pandas ``orient="table"``, which keeps dtypes).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .atomic import atomic_path
+from .errors import InputError
+
+FORMAT_NAME = "cryolens.embedding_index"
+FORMAT_VERSION = 1
+
+
+def _as_metadata(meta: Any, n: int) -> pd.DataFrame:
+    if meta is None:
+        return pd.DataFrame(index=range(n))
+    if isinstance(meta, pd.DataFrame):
+        df = meta.reset_index(drop=True)
+    elif isinstance(meta, dict):
+        df = pd.DataFrame(meta)
+    else:  # a sequence / array / tensor of labels
+        if isinstance(meta, torch.Tensor):
+            meta = meta.cpu().numpy()
+        df = pd.DataFrame({"label": np.asarray(meta)})
+    if len(df) != n:
+        raise ValueError(f"{len(df)} metadata rows for {n} embeddings")
+    return df
+
+
+class EmbeddingIndex:
+    def __init__(self, dim: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 chunk_size: int = 65536):
+        if dtype not in (torch.float32, torch.float16):
+            raise ValueError("dtype must be torch.float32 or torch.float16")
+        self.dim, self.dtype, self.device, self.chunk_size = int(dim), dtype, torch.device(device), int(chunk_size)
+        self._parts: list[torch.Tensor] = []      # pending adds, merged on first read
+        self._meta: list[pd.DataFrame] = []
+        self._emb = torch.empty(0, self.dim, dtype=dtype, device=self.device)
+        self._df = pd.DataFrame()
+
+    # ---------------------------------------------------------------------------------- content
+
+    def __len__(self) -> int:
+        return int(self._emb.shape[0]) + sum(int(p.shape[0]) for p in self._parts)
+
+    def add(self, embeddings: torch.Tensor, metadata: Any = None) -> None:
+        """Append (N, dim) embeddings (normalised here) with N metadata rows (a DataFrame, a dict of
+        columns, or a sequence of labels which becomes column ``label``)."""
+        e = torch.as_tensor(embeddings)
+        if e.dim() != 2 or e.shape[1] != self.dim:
+            raise ValueError(f"expected (N, {self.dim}) embeddings, got {tuple(e.shape)}")
+        e = F.normalize(e.detach().float(), dim=1).to(self.device, self.dtype)
+        self._parts.append(e)
+        self._meta.append(_as_metadata(metadata, e.shape[0]))
+
+    def _consolidate(self) -> None:
+        if self._parts:
+            self._emb = torch.cat([self._emb, *self._parts], 0)
+            metas = ([self._df] if len(self._df) else []) + self._meta
+            self._df = pd.concat(metas, ignore_index=True)
+            self._parts, self._meta = [], []
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        self._consolidate()
+        return self._emb
+
+    @property
+    def metadata(self) -> pd.DataFrame:
+        self._consolidate()
+        return self._df
+
+    def labels(self, column: str = "label") -> np.ndarray:
+        return self.metadata[column].to_numpy()
+
+    # ----------------------------------------------------------------------------------- search
+
+    @torch.no_grad()
+    def search(self, queries: torch.Tensor, k: int = 5, *, query_chunk: int = 1024,
+               library_chunk: int | None = None, exclude: torch.Tensor | None = None):
+        """Top-``k`` cosine neighbours: (scores (Q, k) float32, indices (Q, k) int64), best first.
+
+        ``exclude``: optional (Q,) library index per query to skip (-1: none), e.g. the query itself
+        for leave-one-out evaluation. Where fewer than k entries exist, indices are -1, scores -inf.
+        """
+        lib = self.embeddings
+        q_all = F.normalize(torch.as_tensor(queries).detach().float(), dim=1)
+        if q_all.dim() != 2 or q_all.shape[1] != self.dim:
+            raise ValueError(f"expected (Q, {self.dim}) queries, got {tuple(q_all.shape)}")
+        nq, nl = q_all.shape[0], lib.shape[0]
+        lc = int(library_chunk or self.chunk_size)
+        scores_out = torch.full((nq, k), float("-inf"))
+        idx_out = torch.full((nq, k), -1, dtype=torch.long)
+        if exclude is not None:
+            exclude = torch.as_tensor(exclude, dtype=torch.long).reshape(-1)
+        for qs in range(0, nq, query_chunk):
+            q = q_all[qs:qs + query_chunk].to(self.device)
+            best_s = torch.full((q.shape[0], k), float("-inf"), device=self.device)
+            best_i = torch.full((q.shape[0], k), -1, dtype=torch.long, device=self.device)
+            ex = None if exclude is None else exclude[qs:qs + query_chunk].to(self.device)
+            for ls in range(0, nl, lc):
+                chunk = lib[ls:ls + lc].float()
+                s = q @ chunk.T
+                if ex is not None:
+                    col = ex - ls
+                    hit = (col >= 0) & (col < chunk.shape[0])
+                    rows = torch.nonzero(hit).squeeze(1)
+                    s[rows, col[hit]] = float("-inf")
+                kk = min(k, chunk.shape[0])
+                cs, ci = s.topk(kk, dim=1)
+                ms = torch.cat([best_s, cs], 1)
+                mi = torch.cat([best_i, ci + ls], 1)
+                best_s, order = ms.topk(k, dim=1)
+                best_i = mi.gather(1, order)
+            best_i = best_i.masked_fill(torch.isinf(best_s), -1)
+            scores_out[qs:qs + query_chunk] = best_s.cpu()
+            idx_out[qs:qs + query_chunk] = best_i.cpu()
+        return scores_out, idx_out
+
+    def neighbour_labels(self, indices: torch.Tensor, column: str = "label") -> np.ndarray:
+        """Labels of the entries at ``indices`` (Q, k); -1 (no neighbour) gives None."""
+        lab = self.labels(column)
+        idx = np.asarray(indices)
+        out = np.empty(idx.shape, dtype=object)
+        valid = idx >= 0
+        out[valid] = lab[idx[valid]]
+        out[~valid] = None
+        return out
+
+    # ------------------------------------------------------------------------------------- disk
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dim": self.dim, "n": len(self),
+                  "dtype": "float16" if self.dtype == torch.float16 else "float32"}
+        meta = self.metadata.to_json(orient="table", index=False)
+        emb = self.embeddings.cpu().numpy()
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, embeddings=emb, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
+                     metadata=np.frombuffer(meta.encode(), np.uint8))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", chunk_size: int = 65536) -> "EmbeddingIndex":
+        path = Path(path)
+        if not path.exists():
+            raise InputError("embedding index not found", path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(bytes(z["header"]).decode())
+                if header.get("format") != FORMAT_NAME:
+                    raise InputError(f"not a cryolens embedding index (format {header.get('format')!r})", path)
+                if header.get("version") != FORMAT_VERSION:
+                    raise InputError(f"embedding index format version {header.get('version')!r} is not supported "
+                                     f"(this cryolens reads version {FORMAT_VERSION}); rebuild the index "
+                                     f"or use a matching cryolens", path)
+                emb = z["embeddings"]
+                meta = bytes(z["metadata"]).decode()
+        except InputError:
+            raise
+        except Exception as err:  # zip/npz/JSON damage
+            raise InputError(f"cannot read embedding index ({type(err).__name__}: {err})", path) from err
+        dtype = torch.float16 if header["dtype"] == "float16" else torch.float32
+        idx = cls(int(header["dim"]), dtype, device, chunk_size)
+        df = pd.read_json(io.StringIO(meta), orient="table")
+        if len(df) == 0 and emb.shape[0]:
+            df = pd.DataFrame(index=range(emb.shape[0]))
+        idx._emb = torch.from_numpy(emb).to(idx.device, dtype)
+        idx._df = df.reset_index(drop=True)
+        return idx
+
+
+# ------------------------------------------------------------------------------------- metrics
+
+
+def _hits(neighbour_labels, query_labels) -> np.ndarray:
+    nl = np.asarray(neighbour_labels, dtype=object)
+    ql = np.asarray(query_labels, dtype=object).reshape(-1, 1)
+    return nl == ql
+
+
+def recall_at_k(neighbour_labels, query_labels, k: int) -> float:
+    """Fraction of queries with the right label among their first ``k`` neighbours."""
+    return float(_hits(neighbour_labels, query_labels)[:, :k].any(1).mean())
+
+
+def mean_reciprocal_rank(neighbour_labels, query_labels) -> float:
+    """Mean of 1 / rank of the first correct neighbour (0 when none within the retrieved k)."""
+    h = _hits(neighbour_labels, query_labels)
+    first = np.where(h.any(1), h.argmax(1) + 1, np.inf)
+    return float((1.0 / first).mean())
+
+
+def knn_vote(neighbour_labels, k: int = 5) -> np.ndarray:
+    """Majority label among the first ``k`` neighbours; a tie goes to the label ranked first."""
+    nl = np.asarray(neighbour_labels, dtype=object)[:, :k]
+    counts = (nl[:, :, None] == nl[:, None, :]).sum(2)
+    counts[np.equal(nl, None)] = 0
+    return nl[np.arange(nl.shape[0]), counts.argmax(1)]
+
+
+def knn_accuracy(neighbour_labels, query_labels, k: int = 5) -> float:
+    return float((knn_vote(neighbour_labels, k) == np.asarray(query_labels, dtype=object)).mean())
+
+
+def retrieval_metrics(neighbour_labels, query_labels, k: int = 5) -> dict[str, float]:
+    """top1 (= R@1), top5 (= R@5), mrr and knn (k-NN majority-vote accuracy)."""
+    return {"top1": recall_at_k(neighbour_labels, query_labels, 1),
+            "top5": recall_at_k(neighbour_labels, query_labels, 5),
+            "mrr": mean_reciprocal_rank(neighbour_labels, query_labels),
+            "knn": knn_accuracy(neighbour_labels, query_labels, k)}

@@ -1,0 +1,13 @@
+"""Neural-network building blocks: encoders, losses, augmentations."""
+from .augment import (Compose, PixelDropout, RandomHistogramShift, RandomLowpass, RandomResizedCrop,
+                      RandomRotation, RandomTranslation, SoftCircularMask, seed000_augment)
+from .encoders import (PRESETS, EmbeddingHead, Encoder, ResNetEncoder, ViTEncoder, build_encoder,
+                       count_parameters, encoder_from_config)
+from .losses import LOSSES, TripletMarginLoss, build_loss, mine_triplets, pairwise_distance, register_loss
+
+__all__ = [
+    "Compose", "PixelDropout", "RandomHistogramShift", "RandomLowpass", "RandomResizedCrop", "RandomRotation",
+    "RandomTranslation", "SoftCircularMask", "seed000_augment", "PRESETS", "EmbeddingHead", "Encoder",
+    "ResNetEncoder", "ViTEncoder", "build_encoder", "count_parameters", "encoder_from_config", "LOSSES",
+    "TripletMarginLoss", "build_loss", "mine_triplets", "pairwise_distance", "register_loss",
+]
