@@ -1,0 +1,136 @@
+"""A library of known maps, as reference images rendered like real 2D class averages.
+
+Each entry (one map: a user ``.mrc``, a phantom, or an atomic model made into a map) is resampled
+to the library's box and pixel size, projected at ``n_views`` near-uniform view directions
+(a Fibonacci sphere; the in-plane angle is left to the search or to the embedding's invariance),
+low-passed, masked and normalised as a CTF-corrected class average would be. Entries carry their
+name, accession ID and provenance. Adding a map never recomputes the others; embeddings of the
+references (``cryolens.core.index``) are added by the identify job.
+
+Saved as one ``.npz`` (no pickles): references (float16), per-view table, per-entry table and a
+JSON header with the format version.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .atomic import atomic_path
+from .errors import InputError
+from .geometry import euler_to_matrix
+from .images import lowpass, soft_circular_mask
+from .projector import Projector
+
+FORMAT, VERSION = "cryolens-library", 1
+
+
+def fibonacci_views(n: int) -> np.ndarray:
+    """(n, 3) RELION (rot, tilt, psi=0) angles whose view directions cover the sphere evenly."""
+    i = np.arange(n) + 0.5
+    tilt = np.rad2deg(np.arccos(1 - 2 * i / n))
+    rot = np.rad2deg((np.pi * (1 + 5 ** 0.5) * i) % (2 * np.pi)) - 180.0
+    return np.stack([rot, tilt, np.zeros(n)], -1)
+
+
+def render_references(volume: np.ndarray, pixel_size: float, n_views: int = 200, resolution_A: float = 15.0,
+                      mask_radius_px: float | None = None, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(images (n_views, box, box) float32, angles (n_views, 3)): projections rendered like class
+    averages (low-passed at ``resolution_A``, soft-masked, zero mean and unit variance inside)."""
+    box = volume.shape[0]
+    angles = fibonacci_views(n_views)
+    proj = Projector(volume, device=device).project(torch.as_tensor(euler_to_matrix(angles), dtype=torch.float32))
+    proj = lowpass(proj, pixel_size, max(resolution_A, 2.05 * pixel_size))
+    r = 0.45 * box if mask_radius_px is None else mask_radius_px
+    mask = soft_circular_mask(box, r, max(2.0, 0.05 * box), device=proj.device)
+    inside = mask > 0.5
+    proj = proj - proj[:, inside].mean(-1)[:, None, None]
+    proj = proj / proj[:, inside].std(-1).clamp_min(1e-12)[:, None, None] * mask
+    return proj.cpu().numpy().astype(np.float32), angles
+
+
+@dataclass
+class Library:
+    box: int
+    pixel_size: float
+    resolution_A: float = 15.0
+    n_views: int = 200
+    entries: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["entry", "name", "accession", "source", "provenance"]))
+    views: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["entry", "rot", "tilt", "psi"]))
+    references: np.ndarray | None = None  # (n_entries * n_views, box, box) float16
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add_volume(self, volume: np.ndarray, name: str, accession: str = "", source: str = "",
+                   provenance: dict | None = None, device="cpu") -> int:
+        """Render one map (already at the library's box and pixel size) and append it."""
+        if volume.shape != (self.box,) * 3:
+            raise ValueError(f"{name}: map is {volume.shape}, the library needs {(self.box,) * 3}")
+        if name in set(self.entries["name"]):
+            raise InputError(f"the library already has an entry named {name!r}")
+        refs, angles = render_references(volume, self.pixel_size, self.n_views, self.resolution_A, device=device)
+        entry = len(self.entries)
+        self.entries = pd.concat([self.entries, pd.DataFrame([{
+            "entry": entry, "name": name, "accession": accession, "source": source,
+            "provenance": json.dumps(provenance or {}, default=str)}])], ignore_index=True)
+        self.entries["entry"] = self.entries["entry"].astype(np.int64)
+        self.views = pd.concat([self.views, pd.DataFrame({"entry": entry, "rot": angles[:, 0], "tilt": angles[:, 1],
+                                                          "psi": angles[:, 2]})], ignore_index=True)
+        self.views["entry"] = self.views["entry"].astype(np.int64)
+        refs = refs.astype(np.float16)
+        self.references = refs if self.references is None else np.concatenate([self.references, refs])
+        return entry
+
+    def add_map_file(self, path: str | os.PathLike, name: str | None = None, accession: str = "", device="cpu") -> int:
+        """A user map (.mrc): resampled, recentred and masked by ``core.simulate.proteins.from_map``."""
+        from .simulate.proteins import from_map
+
+        ph = from_map(path, self.box, self.pixel_size, name=name)
+        return self.add_volume(ph.density, name or Path(path).stem, accession, str(path), ph.provenance, device)
+
+    def entry_of_reference(self) -> np.ndarray:
+        return self.views["entry"].to_numpy(np.int64)
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        header = {"format": FORMAT, "version": VERSION, "box": self.box, "pixel_size": self.pixel_size,
+                  "resolution_A": self.resolution_A, "n_views": self.n_views}
+        with atomic_path(path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, header=np.array(json.dumps(header)),
+                         entries=np.array(self.entries.to_json(orient="table")),
+                         views=np.array(self.views.to_json(orient="table")),
+                         references=self.references if self.references is not None
+                         else np.zeros((0, self.box, self.box), np.float16))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Library":
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("library file not found", path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(str(z["header"]))
+                entries = pd.read_json(io.StringIO(str(z["entries"])), orient="table")
+                views = pd.read_json(io.StringIO(str(z["views"])), orient="table")
+                refs = z["references"]
+        except Exception as exc:
+            raise InputError(f"not a cryolens library ({type(exc).__name__}: {exc})", path) from None
+        if header.get("format") != FORMAT or header.get("version") != VERSION:
+            raise InputError(f"library format {header.get('format')} v{header.get('version')} is not "
+                             f"{FORMAT} v{VERSION} (rebuild it with this cryolens)", path)
+        lib = cls(header["box"], header["pixel_size"], header["resolution_A"], header["n_views"])
+        lib.entries = entries.reset_index(drop=True).astype({"entry": np.int64})
+        lib.views = views.reset_index(drop=True).astype({"entry": np.int64})
+        lib.references = refs if len(refs) else None
+        return lib

@@ -1,0 +1,70 @@
+"""The map library: references rendered like class averages, incremental, versioned files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import shared_path
+from cryolens.core.correlate import ncc_search
+from cryolens.core.errors import InputError
+from cryolens.core.geometry import euler_to_matrix
+from cryolens.core.library import Library, fibonacci_views
+from cryolens.core.projector import Projector
+from cryolens.core.simulate.proteins import random_phantom
+
+B, PX = 32, 6.0
+
+
+def test_fibonacci_views_cover_the_sphere():
+    v = fibonacci_views(400)
+    t = np.deg2rad(v[:, 1])
+    z = np.cos(t)
+    assert abs(z.mean()) < 0.01 and np.histogram(z, bins=4)[0].min() >= 95  # uniform in cos(tilt)
+    assert (v[:, 2] == 0).all()
+
+
+def test_incremental_add_save_load_and_retrieval(tmp_path):
+    lib = Library(B, PX, resolution_A=18.0, n_views=30)
+    maps = [random_phantom(s, box=B, pixel_size=PX, kind="complex").density for s in (1, 2, 3)]
+    for i, m in enumerate(maps[:2]):
+        lib.add_volume(m, f"prot{i}", accession=f"EMD-{1000 + i}")
+    before = lib.references.copy()
+    lib.add_volume(maps[2], "prot2")
+    np.testing.assert_array_equal(lib.references[:60], before)  # earlier entries untouched
+    assert len(lib) == 3 and lib.references.shape == (90, B, B) and lib.references.dtype == np.float16
+    with pytest.raises(InputError, match="already has"):
+        lib.add_volume(maps[0], "prot0")
+    lib.save(tmp_path / "lib.npz")
+    back = Library.load(tmp_path / "lib.npz")
+    assert back.entries["accession"].tolist() == ["EMD-1000", "EMD-1001", ""]
+    np.testing.assert_array_equal(back.references, lib.references)
+    # a noisy view of prot1 retrieves prot1 through the correlation baseline
+    A = torch.as_tensor(euler_to_matrix(np.array([[30.0, 70.0, 0.0]])), dtype=torch.float32)
+    q = Projector(maps[1]).project(A)
+    q = q + 0.5 * q.std() * torch.randn(q.shape, generator=torch.Generator().manual_seed(0))
+    m = ncc_search(q, torch.as_tensor(back.references.astype(np.float32)), n_psi=24, max_shift_px=2)
+    assert back.entry_of_reference()[int(m.score[0].argmax())] == 1
+
+
+def test_bad_library_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        Library.load(tmp_path / "none.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="junk.npz: not a cryolens library"):
+        Library.load(tmp_path / "junk.npz")
+    lib = Library(B, PX, n_views=2)
+    path = lib.save(tmp_path / "v.npz")
+    with np.load(path) as z:
+        parts = dict(z)
+    parts["header"] = np.array(str(parts["header"]).replace('"version": 1', '"version": 9'))
+    np.savez(tmp_path / "v9.npz", **parts)
+    with pytest.raises(InputError, match="v9"):
+        Library.load(tmp_path / "v9.npz")
+
+
+def test_user_map_from_shared_data(tmp_path):
+    path = shared_path("maps", "trpv1_volume.mrc")
+    lib = Library(48, 4.0, n_views=10)
+    lib.add_map_file(path, name="TRPV1", accession="EMD-5778")
+    assert lib.references.shape == (10, 48, 48) and np.isfinite(lib.references.astype(np.float32)).all()
