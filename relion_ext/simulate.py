@@ -35,12 +35,9 @@ def write_project(project: Path, ps: ParticleSet, images: np.ndarray, truth: pd.
     truth = truth.copy()
     truth.insert(0, "rlnImageName", [f"{i + 1:06d}@{stack}" for i in range(len(truth))])
     truth.to_csv(sim_dir / f"{name}_truth.csv", index=False)
-    flat = truth[[c for c in truth.columns if truth[c].dtype.kind in "biufOUS"]]
-    write_blocks(sim_dir / f"{name}_truth.star", {"truth": flat.astype({c: str for c in flat.columns
-                                                                        if flat[c].dtype == object})})
+    text_cols = {c: str for c in truth.columns if truth[c].dtype.kind not in "biuf"}
+    write_blocks(sim_dir / f"{name}_truth.star", {"truth": truth.astype(text_cols)})
     return sim_dir / f"{name}.star"
-
-
 
 def class2d_with_truth(project: Path, star: str, truth: pd.DataFrame, stack: str, K: int = 10, iters: int = 5,
                        diameter_A: float = 150, seed: int = 1, job: str = "Class2D/job001",

@@ -140,7 +140,7 @@ def synthesize_classes(volumes, n_classes: int = 20, *, box: int = 64, pixel_siz
                      "truth_species": sim.species[sp_cls].name if (good or jt in CLASS_JUNK) else "",
                      "truth_purity": float(is_true.mean()),
                      "truth_rot": rot, "truth_tilt": tilt,
-                     "particle_radius_px": float(sim._mask_r[t["species_id"][0]])})
+                     "particle_radius_px": float(sim.mask_radii_px[t["species_id"][0]])})
         member_rows.append(pd.DataFrame({"class_id": cid, "species": t["species"], "is_junk": t["is_junk"],
                                          "junk_type": t["junk_type"], "rot": t["rot"], "tilt": t["tilt"],
                                          "psi": t["psi"], "true_member": is_true}))
@@ -184,11 +184,11 @@ def _draw(x, rng: np.random.Generator, log: bool = False) -> float:
 def _set_species(sim: ParticleSimulator, t: dict, sp_ids: np.ndarray) -> None:
     t["species_id"] = sp_ids.astype(np.int64)
     t["species"] = np.array([sim.species[s].name for s in sp_ids], dtype=object)
-    nconf = np.array([len(sim._conf[s]) for s in sp_ids])
+    nconf = np.array([len(sim.conformation_values[s]) for s in sp_ids])
     st = np.minimum(t["conformation_state"], nconf - 1)
     t["conformation_state"] = st
-    t["conformation"] = np.array([sim._conf[s][i] for s, i in zip(sp_ids, st)])
-    t["mask_radius_px"] = sim._mask_r[sp_ids]
+    t["conformation"] = np.array([sim.conformation_values[s][i] for s, i in zip(sp_ids, st)])
+    t["mask_radius_px"] = sim.mask_radii_px[sp_ids]
 
 
 def _clear_junk(t: dict) -> None:
@@ -213,7 +213,7 @@ def _lowpass_projection(sim: ParticleSimulator, sp: int, rot: float, tilt: float
     from ..geometry import euler_to_matrix
 
     A = torch.as_tensor(euler_to_matrix(np.array([[rot, tilt, 0.0]])), dtype=torch.float32, device=sim.device)
-    proj = sim.project(sp, len(sim._conf[sp]) // 2, A, np.zeros((1, 2)), None)
+    proj = sim.project(sp, len(sim.conformation_values[sp]) // 2, A, np.zeros((1, 2)), None)
     res = float(rng.uniform(8.0, 25.0))
     res = max(res, 2.05 * pixel_size)
     return lowpass(proj, pixel_size, res)[0], res

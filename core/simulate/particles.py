@@ -470,6 +470,16 @@ class ParticleSimulator:
             self._mask_r = np.array([min(mass_radius(self._volume(i, len(self._conf[i]) // 2, self.box)),
                                          0.45 * self.box) for i in range(len(self.species))])
 
+    @property
+    def conformation_values(self) -> list[np.ndarray]:
+        """Per species, the conformation values particles are drawn from."""
+        return self._conf
+
+    @property
+    def mask_radii_px(self) -> np.ndarray:
+        """Per species, the radius (px) of the SNR mask (99% of the mass by default)."""
+        return self._mask_r
+
     # -- volumes and projectors ------------------------------------------------------------
     def _volume(self, sp: int, state: int, box: int) -> torch.Tensor:
         s = self.species[sp]
