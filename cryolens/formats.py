@@ -73,4 +73,28 @@ def read_classes(path: str | os.PathLike, particles: str | os.PathLike | None = 
         from cryolens.cryosparc_ext.csfile import read_classes as read_cs_classes
 
         return read_cs_classes(path, particles, project_dir=project_dir)
+    if kind == "mrc":
+        return read_class_stack(path)
     raise InputError(f"not a 2D class file ({kind})", path)
+
+
+def read_class_stack(path: str | os.PathLike, pixel_size: float | None = None) -> ClassSet:
+    """A bare stack of class averages (.mrcs, or a .mrc stack): images only, no statistics and no
+    membership; classes are numbered 1..K in stack order. The pixel size comes from the header
+    unless given."""
+    import numpy as np
+    import pandas as pd
+
+    from cryolens.core.mrc import open_stack, stack_info
+
+    info = stack_info(path)
+    if info.ny != info.nx:
+        raise InputError(f"class averages must be square, this stack is {info.nx} x {info.ny}", path)
+    images = np.array(open_stack(path, as_stack=True), dtype=np.float32)
+    if not np.isfinite(images).all():
+        raise InputError("the stack holds NaN or infinite pixels", path)
+    px = pixel_size if pixel_size else info.pixel_size
+    if px is not None and not px > 0:
+        px = None
+    return ClassSet(pd.DataFrame({"class_id": np.arange(1, len(images) + 1, dtype=np.int64)}), images, px,
+                    None, source=str(path), meta={"bare_stack": True})

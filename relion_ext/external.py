@@ -115,12 +115,14 @@ def parse(spec: JobSpec, argv: list[str]) -> Invocation:
 
 # -- inputs and outputs ---------------------------------------------------------------------
 def load_inputs(spec: JobSpec, args: argparse.Namespace) -> dict[str, Any]:
-    from cryolens.formats import is_class2d
+    from cryolens.formats import is_class2d, kind_of, read_classes
 
     wanted = {i.name for i in spec.inputs}
     inputs: dict[str, Any] = {}
     if args.in_parts:
-        if is_class2d(args.in_parts) and "classes" in wanted:
+        if kind_of(args.in_parts) == "mrc" and "classes" in wanted:
+            inputs["classes"] = read_classes(args.in_parts)  # a bare stack of class averages
+        elif is_class2d(args.in_parts) and "classes" in wanted:
             from .class2d import read_class2d
 
             inputs["classes"] = read_class2d(args.in_parts)
