@@ -2,9 +2,9 @@
 
 The classical way to say which reference a 2D class average matches (what emscan does): every
 query is rotated through ``n_psi`` in-plane angles, and for each angle its cross-correlation with
-every reference is computed for all shifts at once by FFT; the score of a (query, reference) pair
-is the best normalised correlation over angles and shifts within ``max_shift_px``. Batched in
-torch, chunked over references so large libraries fit in memory, CPU or CUDA.
+every reference is computed at every shift within ``max_shift_px`` from Fourier coefficients; the
+score of a (query, reference) pair is the best normalised correlation over angles and shifts.
+Batched in torch, chunked over references so large libraries fit in memory, CPU or CUDA.
 """
 from __future__ import annotations
 
@@ -50,43 +50,60 @@ class Match:
     shift: np.ndarray  # (Q, R, 2) shift (px, x then y) applied to the rotated query
 
 
+def _spectral_support(b: int, max_freq: float, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """rfft2 coefficients within ``max_freq`` (cycles/px): flat indices, (fy, fx) integer frequencies
+    and the Hermitian weight of each (1 on the kx = 0 and Nyquist columns, 2 elsewhere)."""
+    fy = torch.fft.fftfreq(b, 1.0 / b, device=device)[:, None].expand(b, b // 2 + 1)
+    fx = torch.arange(b // 2 + 1, device=device, dtype=torch.float32)[None, :].expand(b, b // 2 + 1)
+    keep = (torch.sqrt(fy ** 2 + fx ** 2) / b <= max_freq + 1e-9).reshape(-1)
+    idx = torch.nonzero(keep).squeeze(1)
+    w = torch.full((b, b // 2 + 1), 2.0, device=device)
+    w[:, 0] = 1.0
+    if b % 2 == 0:
+        w[:, -1] = 1.0
+    return idx, torch.stack([fy.reshape(-1)[idx], fx.reshape(-1)[idx]], -1), w.reshape(-1)[idx]
+
+
 def ncc_search(queries: torch.Tensor, refs: torch.Tensor, n_psi: int = 36, max_shift_px: int = 4,
-               mask_radius_px: float | None = None, ref_chunk: int = 256) -> Match:
-    """Best normalised cross-correlation of every query against every reference (module doc)."""
+               mask_radius_px: float | None = None, ref_chunk: int = 64, max_freq: float = 0.5) -> Match:
+    """Best normalised cross-correlation of every query against every reference (module doc).
+
+    The correlation at the (2s+1)^2 shifts of the window is evaluated directly from the Fourier
+    coefficients (a partial inverse DFT), as ONE complex matrix product per reference chunk:
+    cc[(query, angle), (reference, shift)] = Re sum_k conj(Q_k) R_k e^{2 pi i k.d / b} / b^2.
+    ``max_freq`` (cycles/px, <= 0.5) keeps only the coefficients below it: class averages and
+    references are low-passed anyway, and the search costs in proportion to what is kept.
+    """
     queries = torch.as_tensor(queries, dtype=torch.float32)
     refs = torch.as_tensor(refs, dtype=torch.float32, device=queries.device)
+    dev = queries.device
     b = queries.shape[-1]
     if refs.shape[-1] != b:
         raise ValueError(f"queries are {b} px but references {refs.shape[-1]} px: resample first")
     r = 0.45 * b if mask_radius_px is None else mask_radius_px
-    mask = soft_circular_mask(b, r, max(2.0, 0.05 * b), device=queries.device)
-    angles = torch.arange(n_psi, device=queries.device, dtype=torch.float32) * (360.0 / n_psi)
+    mask = soft_circular_mask(b, r, max(2.0, 0.05 * b), device=dev)
+    angles = torch.arange(n_psi, device=dev, dtype=torch.float32) * (360.0 / n_psi)
+    idx, freqs, weight = _spectral_support(b, float(max_freq), dev)
     rq = _prepare(rotate_images(queries, angles), mask)  # (Q, K, b, b)
-    fq = torch.fft.rfft2(rq)
     Q, K = rq.shape[:2]
+    fq = torch.fft.rfft2(rq).reshape(Q * K, -1)[:, idx].conj()  # (QK, S)
     s = int(max_shift_px)
-    # circular shifts within +-s of zero (the masked images are zero near the edge)
-    win = torch.zeros(b, dtype=torch.bool, device=queries.device)
-    win[: s + 1] = True
-    if s:
-        win[-s:] = True
+    d = torch.arange(-s, s + 1, device=dev, dtype=torch.float32)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    shifts = torch.stack([dy.reshape(-1), dx.reshape(-1)], -1)  # (W, 2) as (dy, dx)
+    E = torch.polar(weight[None, :] / b ** 2, 2 * torch.pi * (shifts @ freqs.T) / b)  # (W, S)
+    W = E.shape[0]
     best = torch.full((Q, len(refs)), -2.0)
     best_k = torch.zeros((Q, len(refs)), dtype=torch.long)
-    best_dy = torch.zeros((Q, len(refs)), dtype=torch.long)
-    best_dx = torch.zeros((Q, len(refs)), dtype=torch.long)
+    best_w = torch.zeros((Q, len(refs)), dtype=torch.long)
     for start in range(0, len(refs), ref_chunk):
-        fr = torch.fft.rfft2(_prepare(refs[start:start + ref_chunk], mask))  # (R, b, b//2+1)
-        cc = torch.fft.irfft2(fr[None, None] * fq[:, :, None].conj(), s=(b, b))  # (Q, K, R, b, b)
-        cc = cc[..., win, :][..., win]
-        flat = cc.reshape(Q, K, cc.shape[2], -1)
-        val, pos = flat.max(-1)  # best shift per angle
+        fr = torch.fft.rfft2(_prepare(refs[start:start + ref_chunk], mask)).reshape(-1, b * (b // 2 + 1))[:, idx]
+        G = (fr[:, None, :] * E[None]).reshape(-1, E.shape[1])  # (R W, S)
+        cc = (fq @ G.T).real.reshape(Q, K, fr.shape[0], W)
+        val, pos = cc.max(-1)  # best shift per angle
         v, k = val.max(1)  # best angle
-        p = pos.gather(1, k[:, None]).squeeze(1)
-        sl = slice(start, start + cc.shape[2])
+        sl = slice(start, start + fr.shape[0])
         best[:, sl], best_k[:, sl] = v.cpu(), k.cpu()
-        idx = torch.nonzero(win).squeeze(1).cpu()
-        w = int(win.sum())
-        best_dy[:, sl], best_dx[:, sl] = idx[(p // w).cpu()], idx[(p % w).cpu()]
-    dy = torch.where(best_dy > b // 2, best_dy - b, best_dy)
-    dx = torch.where(best_dx > b // 2, best_dx - b, best_dx)
-    return Match(best.numpy(), angles.cpu()[best_k].numpy(), torch.stack([dx, dy], -1).numpy())
+        best_w[:, sl] = pos.gather(1, k[:, None]).squeeze(1).cpu()
+    sh = shifts.cpu().long()[best_w]  # (Q, R, 2) (dy, dx)
+    return Match(best.numpy(), angles.cpu()[best_k].numpy(), sh.flip(-1).numpy())

@@ -425,3 +425,25 @@ def phase_flip(images: torch.Tensor, ctf_rfft: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"CTF of shape {tuple(ctf_rfft.shape)} does not match rfft2 of {box} px images")
     f = torch.fft.rfft2(images)
     return torch.fft.irfft2(torch.where(ctf_rfft < 0, -f, f), s=images.shape[-2:])
+
+
+def resample_images(images: torch.Tensor, pixel_size: float, target_pixel_size: float,
+                    target_box: int) -> torch.Tensor:
+    """(N, b, b) images at ``pixel_size`` -> (N, target_box, target_box) at ``target_pixel_size``.
+
+    Fourier-resample so the pixel size matches (to within one pixel of the box), then crop or
+    zero-pad in real space about the centre pixel box//2; the physical scale is what is kept
+    (a 64 px class at 4.2 A and a library at 3 A: 90 px of 3 A, then cropped to the library box).
+    """
+    box = images.shape[-1]
+    m = max(2, int(round(box * pixel_size / target_pixel_size)))
+    x = fourier_resize(images, m)
+    if m == target_box:
+        return x
+    out = torch.zeros(x.shape[:-2] + (target_box, target_box), dtype=x.dtype, device=x.device)
+    c_in, c_out = m // 2, target_box // 2
+    lo = max(0, c_in - c_out)  # first input pixel kept
+    hi = min(m, c_in + (target_box - c_out))
+    o = c_out - (c_in - lo)
+    out[..., o:o + hi - lo, o:o + hi - lo] = x[..., lo:hi, lo:hi]
+    return out

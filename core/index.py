@@ -133,6 +133,40 @@ class EmbeddingIndex:
             idx_out[qs:qs + query_chunk] = best_i.cpu()
         return scores_out, idx_out
 
+    @torch.no_grad()
+    def group_max(self, queries: torch.Tensor, groups, n_groups: int | None = None, *,
+                  query_chunk: int = 1024, library_chunk: int | None = None):
+        """Best cosine of every query within each group of entries (e.g. all projections of one
+        map): (scores (Q, G) float32, -inf for empty groups; argmax entry index (Q, G) int64).
+        ``groups`` (N,) int group id per entry, 0..G-1. Chunked like ``search``."""
+        lib = self.embeddings
+        grp = torch.as_tensor(np.asarray(groups), dtype=torch.long, device=self.device)
+        if grp.shape != (lib.shape[0],):
+            raise ValueError(f"{grp.shape[0]} group ids for {lib.shape[0]} entries")
+        G = int(n_groups if n_groups is not None else (int(grp.max()) + 1 if len(grp) else 0))
+        q_all = F.normalize(torch.as_tensor(queries).detach().float(), dim=1)
+        nq, nl, lc = q_all.shape[0], lib.shape[0], int(library_chunk or self.chunk_size)
+        best = torch.full((nq, G), float("-inf"))
+        arg = torch.full((nq, G), -1, dtype=torch.long)
+        for qs in range(0, nq, query_chunk):
+            q = q_all[qs:qs + query_chunk].to(self.device)
+            b = torch.full((q.shape[0], G), float("-inf"), device=self.device)
+            a = torch.full((q.shape[0], G), -1, dtype=torch.long, device=self.device)
+            for ls in range(0, nl, lc):
+                s = q @ lib[ls:ls + lc].float().T
+                g = grp[ls:ls + lc].expand(q.shape[0], -1)
+                m = torch.full_like(b, float("-inf")).scatter_reduce(1, g, s, "amax")
+                # the entry achieving the chunk's group max (first one on ties)
+                hit = s == m.gather(1, g)
+                pos = torch.where(hit, torch.arange(ls, ls + s.shape[1], device=self.device).expand_as(s),
+                                  torch.full_like(g, nl))
+                ai = torch.full_like(a, nl).scatter_reduce(1, g, pos, "amin")
+                better = m > b
+                b = torch.where(better, m, b)
+                a = torch.where(better, ai, a)
+            best[qs:qs + query_chunk], arg[qs:qs + query_chunk] = b.cpu(), a.cpu()
+        return best, arg
+
     def neighbour_labels(self, indices: torch.Tensor, column: str = "label") -> np.ndarray:
         """Labels of the entries at ``indices`` (Q, k); -1 (no neighbour) gives None."""
         lab = self.labels(column)

@@ -4,8 +4,9 @@ Each entry (one map: a user ``.mrc``, a phantom, or an atomic model made into a 
 to the library's box and pixel size, projected at ``n_views`` near-uniform view directions
 (a Fibonacci sphere; the in-plane angle is left to the search or to the embedding's invariance),
 low-passed, masked and normalised as a CTF-corrected class average would be. Entries carry their
-name, accession ID and provenance. Adding a map never recomputes the others; embeddings of the
-references (``cryolens.core.index``) are added by the identify job.
+name, accession ID and provenance. Adding a map never recomputes the others. The references'
+embeddings under one identity model (``core.identify``) are stored with the fingerprint of that
+model, and only new references are embedded when entries are added.
 
 Saved as one ``.npz`` (no pickles): references (float16), per-view table, per-entry table and a
 JSON header with the format version.
@@ -28,7 +29,7 @@ from .geometry import euler_to_matrix
 from .images import lowpass, soft_circular_mask
 from .projector import Projector
 
-FORMAT, VERSION = "cryolens-library", 1
+FORMAT, VERSION = "cryolens-library", 2
 
 
 def fibonacci_views(n: int) -> np.ndarray:
@@ -65,6 +66,8 @@ class Library:
         columns=["entry", "name", "accession", "source", "provenance"]))
     views: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["entry", "rot", "tilt", "psi"]))
     references: np.ndarray | None = None  # (n_entries * n_views, box, box) float16
+    embeddings: np.ndarray | None = None  # (n_embedded, dim) float16, the first references' embeddings
+    embedding_model: str = ""  # fingerprint of the model that made them
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -103,14 +106,16 @@ class Library:
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         header = {"format": FORMAT, "version": VERSION, "box": self.box, "pixel_size": self.pixel_size,
-                  "resolution_A": self.resolution_A, "n_views": self.n_views}
+                  "resolution_A": self.resolution_A, "n_views": self.n_views,
+                  "embedding_model": self.embedding_model}
+        emb = self.embeddings if self.embeddings is not None else np.zeros((0, 0), np.float16)
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, header=np.array(json.dumps(header)),
                          entries=np.array(self.entries.to_json(orient="table")),
                          views=np.array(self.views.to_json(orient="table")),
                          references=self.references if self.references is not None
-                         else np.zeros((0, self.box, self.box), np.float16))
+                         else np.zeros((0, self.box, self.box), np.float16), embeddings=emb)
         return path
 
     @classmethod
@@ -124,6 +129,7 @@ class Library:
                 entries = pd.read_json(io.StringIO(str(z["entries"])), orient="table")
                 views = pd.read_json(io.StringIO(str(z["views"])), orient="table")
                 refs = z["references"]
+                emb = z["embeddings"]
         except Exception as exc:
             raise InputError(f"not a cryolens library ({type(exc).__name__}: {exc})", path) from None
         if header.get("format") != FORMAT or header.get("version") != VERSION:
@@ -133,4 +139,10 @@ class Library:
         lib.entries = entries.reset_index(drop=True).astype({"entry": np.int64})
         lib.views = views.reset_index(drop=True).astype({"entry": np.int64})
         lib.references = refs if len(refs) else None
+        lib.embeddings = emb if emb.size else None
+        lib.embedding_model = header.get("embedding_model", "")
+        n_ref = 0 if lib.references is None else len(lib.references)
+        if len(lib.views) != n_ref or (lib.embeddings is not None and len(lib.embeddings) > n_ref):
+            raise InputError(f"damaged library: {len(lib.views)} views, {n_ref} references, "
+                             f"{0 if lib.embeddings is None else len(lib.embeddings)} embeddings", path)
         return lib

@@ -57,7 +57,7 @@ def test_bad_library_files(tmp_path):
     path = lib.save(tmp_path / "v.npz")
     with np.load(path) as z:
         parts = dict(z)
-    parts["header"] = np.array(str(parts["header"]).replace('"version": 1', '"version": 9'))
+    parts["header"] = np.array(str(parts["header"]).replace('"version": 2', '"version": 9'))
     np.savez(tmp_path / "v9.npz", **parts)
     with pytest.raises(InputError, match="v9"):
         Library.load(tmp_path / "v9.npz")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..images import apply_soft_mask, lowpass, radial_frequency_grid, soft_circular_mask
+from ..images import apply_soft_mask, lowpass, radial_frequency_grid, radius_grid, soft_circular_mask
 from ..particles import ClassSet, ParticleSet
 from .junk import CLASS_JUNK_TYPES as CLASS_JUNK, apply_class_junk
 from .particles import ParticleSimulator
@@ -217,3 +217,54 @@ def _lowpass_projection(sim: ParticleSimulator, sp: int, rot: float, tilt: float
     res = float(rng.uniform(8.0, 25.0))
     res = max(res, 2.05 * pixel_size)
     return lowpass(proj, pixel_size, res)[0], res
+
+
+def class_average_like(proj: torch.Tensor, pixel_size: float, generator: torch.Generator | None = None, *,
+                       resolution_A=(8.0, 30.0), bfactor=(0.0, 300.0), snr=(3.0, 50.0), psi_error_deg=(0.0, 6.0),
+                       shift_error_px=(0.0, 1.0), n_copies: int = 4, mask_radius=(0.38, 0.48)) -> torch.Tensor:
+    """Noiseless projections (N, b, b) made to look like 2D class averages, batched and cheap
+    (for training on thousands of proteins, where averaging simulated particles is too slow):
+
+    misalignment blur (the mean of ``n_copies`` copies with in-plane angle and shift errors), the
+    residual noise of an average (white, at the class's SNR), the envelope a CTF-corrected average
+    keeps (B-factor), a low-pass at the class's resolution, a soft mask at the particle diameter
+    and zero mean / unit variance inside it. Each image draws its own values from the ranges
+    (log-uniform for resolution and SNR), with ``generator`` for reproducibility.
+    """
+    from ..nn.augment import affine_resample
+
+    n, b = proj.shape[0], proj.shape[-1]
+    dev = proj.device
+    g = generator
+
+    def u(lo_hi, log: bool = False) -> torch.Tensor:
+        lo, hi = (float(lo_hi), float(lo_hi)) if np.isscalar(lo_hi) else map(float, lo_hi)
+        r = torch.rand(n, generator=g)
+        return torch.exp(np.log(lo) + r * (np.log(hi) - np.log(lo))) if log else lo + r * (hi - lo)
+
+    x = proj.float()
+    if n_copies > 1:
+        sd_psi, sd_shift = torch.deg2rad(u(psi_error_deg)), u(shift_error_px)
+        acc = torch.zeros_like(x)
+        for _ in range(n_copies):
+            a = torch.randn(n, generator=g) * sd_psi
+            c, s = torch.cos(a), torch.sin(a)
+            rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+            acc += affine_resample(x, rot.to(dev), (torch.randn(n, 2, generator=g) * sd_shift[:, None]).to(dev))
+        x = acc / n_copies
+    r0 = b * u(mask_radius)
+    inside = radius_grid(b, dev)[None] < r0.to(dev)[:, None, None]
+    sig = torch.stack([x[i][inside[i]].std() for i in range(n)]).clamp_min(1e-12)
+    x = x + torch.randn(x.shape, generator=g).to(dev) * (sig / u(snr, log=True).to(dev).sqrt())[:, None, None]
+    f = radial_frequency_grid(b, True, pixel_size, dev)[None]  # 1/A
+    res = u(resolution_A, log=True).clamp_min(2.05 * pixel_size).to(dev)[:, None, None]
+    width = 2.0 / (b * pixel_size)
+    lp = ((f < 1 / res).float() * 0.5 * (1 + torch.cos(torch.pi * ((f - (1 / res - width)) / width).clamp(0, 1))))
+    env = torch.exp(-u(bfactor).to(dev)[:, None, None] * f ** 2 / 4)
+    x = torch.fft.irfft2(torch.fft.rfft2(x) * lp * env, s=(b, b))
+    mask = torch.stack([soft_circular_mask(b, float(r), max(2.0, 0.05 * b), device=dev) for r in r0])
+    m_in = mask > 0.5
+    mean = (x * m_in).sum((-2, -1)) / m_in.sum((-2, -1))
+    x = x - mean[:, None, None]
+    std = torch.sqrt(((x * m_in) ** 2).sum((-2, -1)) / m_in.sum((-2, -1))).clamp_min(1e-12)
+    return (x / std[:, None, None] * mask).to(torch.float32)
