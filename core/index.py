@@ -140,7 +140,7 @@ class EmbeddingIndex:
         map): (scores (Q, G) float32, -inf for empty groups; argmax entry index (Q, G) int64).
         ``groups`` (N,) int group id per entry, 0..G-1. Chunked like ``search``."""
         lib = self.embeddings
-        grp = torch.as_tensor(np.asarray(groups), dtype=torch.long, device=self.device)
+        grp = torch.as_tensor(np.array(groups, dtype=np.int64), device=self.device)
         if grp.shape != (lib.shape[0],):
             raise ValueError(f"{grp.shape[0]} group ids for {lib.shape[0]} entries")
         G = int(n_groups if n_groups is not None else (int(grp.max()) + 1 if len(grp) else 0))

@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _common(add_simulate(sub), suppress=True)
 
+    from cryolens.identify_cmd import add_library_parser
+    from cryolens.train_cmd import add_parser as add_train
+
+    add_library_parser(sub, lambda leaf: _common(leaf, suppress=True))
+    add_train(sub, lambda leaf: _common(leaf, suppress=True))
+
     jobs = sub.add_parser("jobs", help="list the registered jobs and their parameters")
     _common(jobs, suppress=True)
 
@@ -99,6 +105,15 @@ def main(argv: list[str] | None = None) -> int:
             from cryolens.simulate_cmd import run_simulate
 
             return run_simulate(args)
+        if args.command == "library":
+            from cryolens.identify_cmd import run_library
+
+            return run_library(args)
+        if args.command == "train":
+            from cryolens.train_cmd import run_train
+
+            args.argv = list(argv if argv is not None else sys.argv[1:])
+            return run_train(args)
         if args.command == "jobs":
             return run_jobs_list()
         if args.command == "run":

@@ -6,7 +6,7 @@ import importlib
 
 from .base import REGISTRY, Input, JobContext, JobResult, JobSpec, Output, Param, get_job, register, run_job
 
-JOB_MODULES = ("select",)
+JOB_MODULES = ("select", "identify", "rank")
 
 
 def load_all() -> dict[str, JobSpec]:

@@ -1,0 +1,334 @@
+"""Which protein is each 2D class? Retrieval of class averages against a map library.
+
+Three ways to score a class against every library entry (a map rendered at many views):
+
+- ``embedding``: cosine similarity in a learned embedding space (``IdentityModel``), best over
+  the entry's reference projections;
+- ``correlation``: brute-force NCC with in-plane rotation and shift search (``core.correlate``);
+- ``combined``: the embedding shortlists ``shortlist`` entries per class, NCC re-ranks them.
+
+Confidence and "unknown". A class is compared in the same way with a fixed set of decoy proteins
+(phantoms made with a fixed seed at the library's sampling, never part of any library). From the
+best library score, the best competitor (second entry or best decoy) and the decoy scores' mean
+and spread, a logistic model fitted on held-out proteins at training time gives P(the top-1
+entry is right). Below ``min_confidence`` the answer is "unknown", so a contaminant or a protein
+missing from the library is not forced onto a wrong name; the decoy scores make this independent
+of how many entries the user's library has.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .correlate import ncc_search
+from .errors import CryolensError, InputError
+from .images import resample_images, soft_circular_mask
+from .index import EmbeddingIndex
+from .library import Library
+
+MODES = ("embedding", "correlation", "combined")
+TASK = "identify"
+N_DECOYS, DECOY_SEED, DECOY_VIEWS = 16, 90_210_417, 48
+FEATURES = ("top_score", "decoy_z", "margin")
+
+
+# -------------------------------------------------------------------------------------- the model
+
+
+@dataclass
+class IdentityModel:
+    """An embedding encoder plus the per-mode confidence calibration."""
+
+    encoder: torch.nn.Module
+    calibration: dict[str, list[float]] = field(default_factory=dict)  # mode -> [bias, w_top, w_z, w_margin]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for k, v in sorted(self.encoder.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike, half: bool = True) -> Path:
+        """A weights-only checkpoint (format ``cryolens.checkpoint``, task ``identify``)."""
+        from .atomic import atomic_path
+        from .train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+
+        state = {k: (v.half() if half and v.is_floating_point() else v).cpu()
+                 for k, v in self.encoder.state_dict().items()}
+        ck = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": TASK,
+              "model_config": dict(self.encoder.config), "model": state,
+              "calibration": {m: [float(x) for x in w] for m, w in self.calibration.items()},
+              "meta": self.meta}
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            torch.save(ck, tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, device="cpu") -> "IdentityModel":
+        """Load a model file; ``None``: the default weights shipped with cryolens."""
+        from .nn.encoders import encoder_from_config
+        from .train import load_checkpoint
+
+        if path is None:
+            from .weights import default_weights
+
+            path = default_weights(TASK)
+        ck = load_checkpoint(path)
+        if ck.get("task", TASK) != TASK:
+            raise InputError(f"this is a {ck.get('task')!r} model, not an identity model", path)
+        enc = encoder_from_config(ck["model_config"])
+        enc.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
+        return cls(enc.to(device).eval(), dict(ck.get("calibration") or {}), dict(ck.get("meta") or {}), str(path))
+
+
+@torch.no_grad()
+def embed_images(encoder: torch.nn.Module, images, batch_size: int = 256, tta: bool = True,
+                 should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+    """(N, D) L2-normalised embeddings on the CPU. ``tta``: the mean over the four exact 90-degree
+    rotations (the encoder is trained rotation-invariant; this removes what is left)."""
+    images = torch.as_tensor(images)
+    dev = next(encoder.parameters()).device
+    was = encoder.training
+    encoder.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        if should_stop is not None and should_stop():
+            from .errors import JobAborted
+
+            raise JobAborted()
+        x = images[i:i + batch_size].to(dev, torch.float32)
+        e = sum(encoder(torch.rot90(x, k, (-2, -1))) for k in range(4 if tta else 1))
+        out.append(torch.nn.functional.normalize(e.float(), dim=1).cpu())
+    encoder.train(was)
+    return torch.cat(out) if out else torch.zeros((0, encoder.config["embed_dim"]))
+
+
+def embed_library(library: Library, model: IdentityModel, log: Callable[[str], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    """Reference embeddings under ``model``: reuses what the library holds for the same model and
+    embeds only references added since (all of them for another model). Updates ``library``."""
+    if library.references is None:
+        raise CryolensError("the library has no entries")
+    fp = model.fingerprint()
+    have = library.embeddings if (library.embedding_model == fp and library.embeddings is not None) else None
+    n_have = 0 if have is None else len(have)
+    if n_have < len(library.references):
+        if log:
+            log(f"embedding {len(library.references) - n_have} library references")
+        new = embed_images(model.encoder, torch.from_numpy(library.references[n_have:].astype(np.float32)),
+                           should_stop=should_stop).numpy().astype(np.float16)
+        library.embeddings = new if have is None else np.concatenate([have, new])
+        library.embedding_model = fp
+    return library.embeddings
+
+
+# ------------------------------------------------------------------------------------------ decoys
+
+_DECOYS: dict[tuple, Library] = {}
+
+
+def decoy_library(box: int, pixel_size: float, resolution_A: float) -> Library:
+    """The fixed decoy proteins at a library's sampling (cached per process)."""
+    key = (box, round(pixel_size, 4), round(resolution_A, 3))
+    if key not in _DECOYS:
+        from .simulate.proteins import phantom_library
+
+        lib = Library(box, pixel_size, resolution_A, DECOY_VIEWS)
+        for ph in phantom_library(N_DECOYS, seed=DECOY_SEED, box=box, pixel_size=pixel_size):
+            lib.add_volume(ph.density, ph.name, source="decoy")
+        _DECOYS[key] = lib
+    return _DECOYS[key]
+
+
+# ---------------------------------------------------------------------------------------- queries
+
+
+def prepare_queries(images, pixel_size: float | None, library: Library) -> torch.Tensor:
+    """Class averages brought to the library's pixel size and box, zero mean and unit variance
+    inside the references' mask (what ``render_references`` does to the references)."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    if x.dim() != 3 or x.shape[-1] != x.shape[-2]:
+        raise CryolensError(f"class averages must be a stack of square images, got shape {tuple(x.shape)}")
+    if pixel_size is None or not pixel_size > 0:
+        raise CryolensError("the class averages have no pixel size: give --pixel_size")
+    x = resample_images(x, float(pixel_size), library.pixel_size, library.box)
+    mask = soft_circular_mask(library.box, 0.45 * library.box, max(2.0, 0.05 * library.box))
+    inside = mask > 0.5
+    x = x - x[:, inside].mean(-1)[:, None, None]
+    return x / x[:, inside].std(-1).clamp_min(1e-12)[:, None, None] * mask
+
+
+# ---------------------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class EntryScores:
+    """Scores of Q classes against E library entries (-inf: not scored, e.g. off the shortlist)."""
+
+    scores: np.ndarray  # (Q, E)
+    best_ref: np.ndarray  # (Q, E) library reference index that gave the score (-1 if none)
+    psi: np.ndarray  # (Q, E) in-plane angle from the NCC search (NaN for embedding scores)
+    decoy: np.ndarray  # (Q, N_DECOYS) the same score against each decoy protein
+    refs: np.ndarray | None = None  # (Q, R) per-reference scores, when asked for (kNN metrics)
+
+
+def _group_max(values: np.ndarray, groups: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Max over columns of each group and the column achieving it: (Q, n), (Q, n)."""
+    v = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+    g = torch.from_numpy(np.array(groups, dtype=np.int64)).expand(v.shape[0], -1)
+    best = torch.full((v.shape[0], n), float("-inf")).scatter_reduce(1, g, v, "amax")
+    col = torch.arange(v.shape[1]).expand_as(v)
+    arg = torch.full((v.shape[0], n), v.shape[1]).scatter_reduce(
+        1, g, torch.where(v == best.gather(1, g), col, v.shape[1]), "amin")
+    return best.numpy(), arg.masked_fill(arg == v.shape[1], -1).numpy()
+
+
+def _ncc_groups(q: torch.Tensor, refs: np.ndarray, groups: np.ndarray, n: int, library: Library,
+                n_psi: int, keep: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    m = ncc_search(q, torch.from_numpy(refs.astype(np.float32)), n_psi=n_psi,
+                   max_shift_px=max(2, int(round(0.05 * library.box))),
+                   max_freq=min(0.5, library.pixel_size / library.resolution_A))
+    if keep is not None:
+        keep.append(m.score)
+    best, arg = _group_max(m.score, groups, n)
+    psi = np.where(arg >= 0, np.take_along_axis(m.psi, np.maximum(arg, 0), 1), np.nan)
+    return best, arg, psi
+
+
+def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined",
+                  model: IdentityModel | None = None, shortlist: int = 10, n_psi: int = 36,
+                  log: Callable[[str], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None, keep_refs: bool = False) -> EntryScores:
+    """Score prepared queries (``prepare_queries``) against every entry, and against the decoys.
+    ``keep_refs``: also return every per-reference score (-inf where not computed)."""
+    if mode not in MODES:
+        raise CryolensError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
+    if mode != "correlation" and model is None:
+        raise CryolensError(f"mode {mode} needs an identity model")
+    E = len(library)
+    ent = library.entry_of_reference()
+    decoys = decoy_library(library.box, library.pixel_size, library.resolution_A)
+    dent = decoys.entry_of_reference()
+    Q = queries.shape[0]
+    if mode in ("embedding", "combined"):
+        lib_emb = embed_library(library, model, log, should_stop)
+        q_emb = embed_images(model.encoder, queries, should_stop=should_stop)
+        index = EmbeddingIndex(lib_emb.shape[1])
+        index.add(torch.from_numpy(lib_emb.astype(np.float32)))
+        emb_s, emb_arg = (t.numpy() for t in index.group_max(q_emb, ent, E))
+        d_index = EmbeddingIndex(lib_emb.shape[1])
+        d_index.add(embed_images(model.encoder, torch.from_numpy(decoys.references.astype(np.float32))))
+        emb_d = d_index.group_max(q_emb, dent, len(decoys))[0].numpy()
+        if mode == "embedding":
+            full = (q_emb @ torch.from_numpy(lib_emb.astype(np.float32)).T).numpy() if keep_refs else None
+            return EntryScores(emb_s, emb_arg, np.full((Q, E), np.nan), emb_d, full)
+    refs = library.references
+    full = np.full((Q, len(refs)), -np.inf, np.float32) if keep_refs else None
+    if mode == "correlation":
+        kept: list = []
+        s, arg, psi = _ncc_groups(queries, refs, ent, E, library, n_psi, kept if keep_refs else None)
+        if keep_refs:
+            full = kept[0]
+    else:  # combined: NCC on each class's shortlist only
+        s = np.full((Q, E), -np.inf, np.float32)
+        arg = np.full((Q, E), -1, np.int64)
+        psi = np.full((Q, E), np.nan)
+        top = np.argsort(-emb_s, 1, kind="stable")[:, :max(1, min(shortlist, E))]
+        for i in range(Q):
+            if should_stop is not None and should_stop():
+                from .errors import JobAborted
+
+                raise JobAborted()
+            rows = np.flatnonzero(np.isin(ent, top[i]))
+            kept = []
+            b, a, p = _ncc_groups(queries[i:i + 1], refs[rows], ent[rows], E, library, n_psi, kept)
+            if keep_refs:
+                full[i, rows] = kept[0][0]
+            keep = np.isfinite(b[0])
+            s[i, keep], arg[i, keep], psi[i, keep] = b[0, keep], rows[a[0, keep]], p[0, keep]
+    d = _ncc_groups(queries, decoys.references, dent, len(decoys), decoys, n_psi)[0]
+    return EntryScores(s, arg, psi, d, full)
+
+
+def confidence_features(es: EntryScores) -> np.ndarray:
+    """(Q, 3): best entry score, its z-score against the decoys, margin over the best competitor."""
+    s = np.where(np.isfinite(es.scores), es.scores, -np.inf)
+    order = np.sort(s, 1)[:, ::-1]
+    top = order[:, 0]
+    second = order[:, 1] if s.shape[1] > 1 else np.full(len(s), -np.inf)
+    comp = np.maximum(second, es.decoy.max(1))
+    mu, sd = es.decoy.mean(1), es.decoy.std(1) + 1e-3
+    return np.stack([top, (top - mu) / sd, top - comp], 1).astype(np.float64)
+
+
+def calibrated_confidence(features: np.ndarray, weights) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-(w[0] + features @ w[1:])))
+
+
+def fit_calibration(features: np.ndarray, correct: np.ndarray, l2: float = 1e-3) -> list[float]:
+    """Logistic regression of P(top-1 correct) on the confidence features (standardised inside,
+    weights returned on the raw features)."""
+    from scipy.optimize import minimize
+
+    X = np.asarray(features, np.float64)
+    y = np.asarray(correct, np.float64)
+    mu, sd = X.mean(0), X.std(0) + 1e-9
+    Z = (X - mu) / sd
+
+    def nll(w):
+        z = w[0] + Z @ w[1:]
+        p = 1 / (1 + np.exp(-z))
+        loss = np.mean(np.logaddexp(0, z) - y * z) + l2 * np.sum(w[1:] ** 2)
+        g = np.concatenate([[np.mean(p - y)], Z.T @ (p - y) / len(y) + 2 * l2 * w[1:]])
+        return loss, g
+
+    w = minimize(nll, np.zeros(X.shape[1] + 1), jac=True, method="L-BFGS-B").x
+    wr = w[1:] / sd
+    return [float(w[0] - np.sum(wr * mu)), *map(float, wr)]
+
+
+# ------------------------------------------------------------------------------------ the answer
+
+
+def identify(images, pixel_size: float | None, library: Library, model: IdentityModel | None,
+             mode: str = "combined", top_k: int = 5, shortlist: int = 10, min_confidence: float = 0.5,
+             log: Callable[[str], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> tuple[pd.DataFrame, EntryScores, torch.Tensor]:
+    """Per class: the top-k entries with scores, the calibrated confidence of the first, and the
+    identity (its name, or "unknown"). Returns (table, scores, prepared queries)."""
+    q = prepare_queries(images, pixel_size, library)
+    es = score_entries(q, library, mode, model, shortlist, log=log, should_stop=should_stop)
+    feats = confidence_features(es)
+    weights = (model.calibration.get(mode) if model is not None else None)
+    if weights is None:
+        raise CryolensError(f"the identity model has no calibration for mode {mode!r}")
+    conf = calibrated_confidence(feats, weights)
+    names = library.entries["name"].astype(str).to_numpy()
+    acc = library.entries["accession"].fillna("").astype(str).to_numpy()
+    k = min(top_k, len(library))
+    order = np.argsort(-np.where(np.isfinite(es.scores), es.scores, -np.inf), 1, kind="stable")[:, :k]
+    rows = []
+    for i in range(len(q)):
+        top = order[i]
+        known = conf[i] >= min_confidence and np.isfinite(es.scores[i, top[0]])
+        row = {"identity": names[top[0]] if known else "unknown", "accession": acc[top[0]] if known else "",
+               "confidence": float(conf[i]), "score": float(es.scores[i, top[0]]),
+               "decoy_z": float(feats[i, 1]), "margin": float(feats[i, 2])}
+        for j in range(k):
+            sc = es.scores[i, top[j]]
+            row[f"match{j + 1}"] = names[top[j]] if np.isfinite(sc) else ""
+            row[f"score{j + 1}"] = float(sc) if np.isfinite(sc) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows), es, q

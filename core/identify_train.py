@@ -1,0 +1,334 @@
+"""The identity model's training recipe (seed 000): synthetic pretraining on many phantom
+proteins, then optional mixed synthetic/real fine-tuning, then confidence calibration.
+
+Stage I. For each of many phantom proteins, clusters of nearby views (a few degrees apart, what
+one 2D class gathers) are projected once. A batch holds G groups, each one cluster of one
+protein: K renders of it, most made to look like class averages (``class_average_like``: blur,
+residual noise, envelope, low-pass, mask), one rendered like a library reference. The label is
+the group, so the triplet loss (all margin-violating triplets) pulls a class average onto the
+reference projections of the same protein at the same view and pushes other proteins and other
+views away: retrieval then asks "which reference does this class look like", which carries over
+to proteins never seen in training. The seed-000 augmentations (rotation to 180 degrees,
+translation, crop, low-pass, histogram, dropout, mask) make it invariant to what classes vary.
+
+Stage II (when labelled real class averages exist). Every real class is paired with the three
+reference projections of its labelled entry that correlate best with it (its view); batches are
+balanced per identity and per domain: half real groups (real class + its references), half
+synthetic stage-I groups.
+
+Calibration. Held-out phantoms make a small library; class averages simulated from particles
+(``synthesize_classes``) of library proteins, of proteins missing from the library, and junk
+classes are scored in every mode; a logistic model of P(top-1 right) is fitted per mode.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .geometry import euler_to_matrix
+from .identify import (MODES, IdentityModel, calibrated_confidence, confidence_features, fit_calibration,
+                       prepare_queries, score_entries)
+from .library import Library, render_references
+from .projector import Projector
+from .simulate.classes import class_average_like
+
+
+@dataclass
+class RecipeConfig:
+    n_proteins: int = 600           # stage-I phantoms
+    n_clusters: int = 24            # view clusters per protein
+    per_cluster: int = 4            # projections per cluster
+    cluster_spread_deg: float = 5.0
+    box: int = 64
+    pixel_size: float = 3.0
+    groups: int = 48                # groups per batch
+    per_group: int = 4              # images per group (one reference-like)
+    steps: int = 2000
+    lr: float = 1e-3                # 1e-4 (the seed's, for a ViT-Base) is slow for a small CNN
+    lr_min: float = 1e-6
+    margin: float = 0.2
+    encoder: str = "resnet_tiny"
+    in_size: int = 32               # encoder input (class averages are band-limited to ~10-30 A)
+    embed_dim: int = 128
+    n_val: int = 24                 # held-out phantoms for validation / calibration
+    n_unknown: int = 12             # proteins missing from the calibration library
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_dir: str | None = None
+    val_every: int = 250
+
+
+@dataclass
+class ViewClusters:
+    """(P, C, J, b, b) float16 projections: protein p, view cluster c, member j."""
+
+    images: np.ndarray
+    names: list[str]
+    pixel_size: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def cluster_angles(n_clusters: int, per_cluster: int, spread_deg: float, rng: np.random.Generator) -> np.ndarray:
+    """(C, J, 3) RELION angles: C random view directions, J views within ~``spread_deg`` of each."""
+    rot = rng.uniform(-180, 180, n_clusters)
+    tilt = np.rad2deg(np.arccos(rng.uniform(-1, 1, n_clusters)))
+    d_tilt = rng.normal(0, spread_deg, (n_clusters, per_cluster))
+    d_rot = rng.normal(0, spread_deg, (n_clusters, per_cluster)) / np.maximum(np.sin(np.deg2rad(tilt)), 0.2)[:, None]
+    d_tilt[:, 0] = d_rot[:, 0] = 0.0
+    return np.stack([rot[:, None] + d_rot, np.clip(tilt[:, None] + d_tilt, 0, 180),
+                     np.zeros((n_clusters, per_cluster))], -1)
+
+
+def build_view_clusters(volumes, names, n_clusters: int, per_cluster: int, spread_deg: float, pixel_size: float,
+                        seed: int = 0, device="cpu", progress: Callable[[int, int], None] | None = None) -> ViewClusters:
+    rng = np.random.default_rng(seed)
+    box = volumes[0].shape[0]
+    out = np.zeros((len(volumes), n_clusters, per_cluster, box, box), np.float16)
+    for i, vol in enumerate(volumes):
+        ang = cluster_angles(n_clusters, per_cluster, spread_deg, rng).reshape(-1, 3)
+        A = torch.as_tensor(euler_to_matrix(ang), dtype=torch.float32)
+        out[i] = Projector(vol, device=device).project(A).cpu().numpy().reshape(n_clusters, per_cluster, box, box)
+        if progress:
+            progress(i + 1, len(volumes))
+    return ViewClusters(out, list(names), pixel_size)
+
+
+def _reference_like(x: torch.Tensor, pixel_size: float, g: torch.Generator) -> torch.Tensor:
+    """Rendered like a library reference: low-passed, masked at 0.45 box, no noise or blur."""
+    return class_average_like(x, pixel_size, g, resolution_A=(12.0, 20.0), bfactor=0.0, snr=1e8,
+                              n_copies=1, mask_radius=0.45)
+
+
+class StageOneSource:
+    """``source(step, rank, world) -> (images, labels)`` for ``core.train.train``."""
+
+    def __init__(self, data: ViewClusters, groups: int, per_group: int, seed: int):
+        self.data, self.groups, self.per_group, self.seed = data, groups, per_group, seed
+
+    def batch(self, rng: np.random.Generator, g: torch.Generator, n_groups: int):
+        P, C, J = self.data.images.shape[:3]
+        prot = rng.choice(P, n_groups, replace=n_groups > P)
+        clus = rng.integers(C, size=n_groups)
+        mem = rng.integers(J, size=(n_groups, self.per_group))
+        x = torch.from_numpy(self.data.images[prot[:, None], clus[:, None], mem].astype(np.float32))
+        x = x.reshape(-1, *x.shape[-2:])
+        labels = torch.arange(n_groups).repeat_interleave(self.per_group)
+        is_ref = (torch.arange(len(x)) % self.per_group) == 0
+        out = torch.empty_like(x)
+        out[~is_ref] = class_average_like(x[~is_ref], self.data.pixel_size, g)
+        out[is_ref] = _reference_like(x[is_ref], self.data.pixel_size, g)
+        return out, labels
+
+    def __call__(self, step: int, rank: int, world: int):
+        from .train import step_seed
+
+        s = step_seed(self.seed, step, rank)
+        return self.batch(np.random.default_rng(s), torch.Generator().manual_seed(s), self.groups)
+
+
+class MixedSource:
+    """Stage II: half real groups (a real class + its best references), half stage-I groups."""
+
+    def __init__(self, synthetic: StageOneSource, real: torch.Tensor, real_labels: np.ndarray,
+                 partners: np.ndarray, references: np.ndarray, pixel_size: float, groups: int, seed: int):
+        self.syn, self.real, self.labels = synthetic, real, np.asarray(real_labels)
+        self.partners, self.refs, self.pixel_size = partners, references, pixel_size
+        self.groups, self.seed = groups, seed
+        self.by_identity = {k: np.flatnonzero(self.labels == k) for k in np.unique(self.labels)}
+
+    def __call__(self, step: int, rank: int, world: int):
+        from .train import step_seed
+
+        s = step_seed(self.seed, step, rank)
+        rng, g = np.random.default_rng(s), torch.Generator().manual_seed(s)
+        n_real = max(1, self.groups // 2)
+        ids = list(self.by_identity)
+        pick = [int(rng.choice(self.by_identity[ids[int(rng.integers(len(ids)))]])) for _ in range(n_real)]
+        imgs, labs = [], []
+        for gi, i in enumerate(pick):  # 2 views of the real class, 2 of its references
+            refs = torch.from_numpy(self.refs[rng.choice(self.partners[i], 2)].astype(np.float32))
+            imgs += [self.real[i:i + 1], self.real[i:i + 1], refs]
+            labs += [gi] * 4
+        syn_x, syn_l = self.syn.batch(rng, g, self.groups - n_real)
+        x = torch.cat(imgs + [syn_x])
+        y = torch.cat([torch.tensor(labs), syn_l + n_real])
+        return x, y
+
+
+# ------------------------------------------------------------------------------- validation data
+
+
+def _library_of(phantoms, box: int, pixel_size: float, n_views: int, device="cpu") -> Library:
+    lib = Library(box, pixel_size, n_views=n_views)
+    for ph in phantoms:
+        lib.add_volume(ph.density, ph.name, source="phantom", provenance=ph.provenance, device=device)
+    return lib
+
+
+def simulated_queries(phantoms, n_classes: int, box: int, pixel_size: float, seed: int, junk: int = 0,
+                      snr=(0.05, 0.1), members=(40, 200), device="cpu"):
+    """Class averages simulated from particles of ``phantoms`` (CTF, noise, misalignment), plus
+    ``junk`` junk classes: (images (N, b, b), species name per class ('' for junk))."""
+    from .simulate.classes import synthesize_classes
+    from .simulate.junk import CLASS_JUNK_TYPES, JUNK_TYPES
+
+    kinds = [k for k in JUNK_TYPES + CLASS_JUNK_TYPES if k != "off_centre"]
+    jc: dict[str, int] = {}
+    for i in range(junk):
+        jc[kinds[i % len(kinds)]] = jc.get(kinds[i % len(kinds)], 0) + 1
+    species = {ph.name: ph.density for ph in phantoms}
+    cs, truth = synthesize_classes(species, n_classes, box=box, pixel_size=pixel_size, members=members,
+                                   junk_classes=jc, snr=snr, seed=seed, device=device)
+    names = np.where(truth.table["truth_good"].to_numpy(bool), truth.table["truth_species"].astype(str), "")
+    return cs.images, names
+
+
+def calibrate(model: IdentityModel, known, unknown, cfg: RecipeConfig, log: Callable[[str], None] = print,
+              modes=MODES) -> dict[str, Any]:
+    """Fit the per-mode confidence calibration on held-out proteins; return the figures."""
+    lib = _library_of(known, cfg.box, cfg.pixel_size, n_views=48)
+    qk, nk = simulated_queries(known, 4 * len(known), cfg.box, cfg.pixel_size, cfg.seed + 11)
+    qu, nu = simulated_queries(unknown, 2 * len(unknown), cfg.box, cfg.pixel_size, cfg.seed + 12, junk=8)
+    images = np.concatenate([qk, qu])
+    truth = np.concatenate([nk, np.full(len(qu), "")])
+    q = prepare_queries(images, cfg.pixel_size, lib)
+    names = lib.entries["name"].astype(str).to_numpy()
+    report: dict[str, Any] = {"n_known": int(len(qk)), "n_unknown": int(len(qu)), "library_entries": len(lib)}
+    for mode in modes:
+        t = time.perf_counter()
+        es = score_entries(q, lib, mode, model)
+        f = confidence_features(es)
+        top1 = names[np.argmax(np.where(np.isfinite(es.scores), es.scores, -np.inf), 1)]
+        correct = top1 == truth
+        model.calibration[mode] = fit_calibration(f, correct)
+        conf = calibrated_confidence(f, model.calibration[mode])
+        report[mode] = {"top1_known": float(correct[: len(qk)].mean()), "seconds": time.perf_counter() - t,
+                        "mean_confidence_known": float(conf[: len(qk)].mean()),
+                        "mean_confidence_unknown": float(conf[len(qk):].mean())}
+        log(f"calibration {mode}: top-1 on known {report[mode]['top1_known']:.3f}, mean confidence "
+            f"known {report[mode]['mean_confidence_known']:.2f} / unknown {report[mode]['mean_confidence_unknown']:.2f}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------- recipe
+
+
+def _validation(val, cfg: RecipeConfig, seed: int):
+    from .train import Validation
+
+    lib = _library_of(val, cfg.box, cfg.pixel_size, n_views=24)
+    rng = np.random.default_rng(seed)
+    imgs, labels = [], []
+    for e, ph in enumerate(val):
+        ang = np.stack([rng.uniform(-180, 180, 4), np.rad2deg(np.arccos(rng.uniform(-1, 1, 4))),
+                        rng.uniform(-180, 180, 4)], -1)
+        imgs.append(Projector(ph.density).project(torch.as_tensor(euler_to_matrix(ang), dtype=torch.float32)))
+        labels += [e] * 4
+    q = class_average_like(torch.cat(imgs), cfg.pixel_size, torch.Generator().manual_seed(seed))
+    return Validation(q, np.array(labels), torch.from_numpy(lib.references.astype(np.float32)),
+                      lib.entry_of_reference())
+
+
+def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: tuple | None = None,
+                   log: Callable[[str], None] = print, should_stop: Callable[[], bool] | None = None,
+                   phantoms: list | None = None) -> tuple[IdentityModel, dict[str, Any]]:
+    """Run the recipe. ``real``: (images (N, b, b) at ``real_pixel_size``, labels (entry names),
+    Library, real_pixel_size) for stage II; ``init``: start from this model (stage II only on
+    top of a stage-I model, as the seed does). Returns the model and a report."""
+    from .nn import TripletMarginLoss, build_encoder, seed000_augment
+    from .simulate.proteins import phantom_library
+    from .train import TrainConfig, train
+
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {"config": dict(vars(cfg))}
+    n_total = cfg.n_proteins + cfg.n_val + cfg.n_unknown
+    if phantoms is None:
+        log(f"building {n_total} phantom proteins ({cfg.box} px, {cfg.pixel_size} A/px)")
+        phantoms = phantom_library(n_total, seed=cfg.seed, box=cfg.box, pixel_size=cfg.pixel_size)
+    train_ph = phantoms[: cfg.n_proteins]
+    val_ph = phantoms[cfg.n_proteins: cfg.n_proteins + cfg.n_val]
+    unk_ph = phantoms[cfg.n_proteins + cfg.n_val: n_total]
+    report["phantoms_seconds"] = time.perf_counter() - t0
+    data = build_view_clusters([p.density for p in train_ph], [p.name for p in train_ph], cfg.n_clusters,
+                               cfg.per_cluster, cfg.cluster_spread_deg, cfg.pixel_size, seed=cfg.seed + 1)
+    validation = _validation(val_ph, cfg, cfg.seed + 2)
+    source = StageOneSource(data, cfg.groups, cfg.per_group, cfg.seed + 3)
+    if init is not None:
+        encoder = init.encoder
+    else:
+        torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
+        encoder = build_encoder(cfg.encoder, embed_dim=cfg.embed_dim, in_size=cfg.in_size)
+    if real is not None:
+        images, labels, lib, real_px = real
+        q = prepare_queries(images, real_px, lib)
+        partners = best_references(q, np.asarray(labels), lib)
+        source = MixedSource(source, q, np.asarray(labels), partners, lib.references, lib.pixel_size,
+                             cfg.groups, cfg.seed + 4)
+    stage = "II (mixed synthetic/real)" if real is not None else "I (synthetic)"
+    log(f"stage {stage}: {cfg.steps} steps of {cfg.groups} x {cfg.per_group} images, {cfg.encoder}")
+
+    def on_log(rec):
+        if "val_top1" in rec or rec["step"] % 100 == 0:
+            val = f", val top-1 {rec['val_top1']:.3f} top-5 {rec['val_top5']:.3f}" if "val_top1" in rec else ""
+            log(f"  step {rec['step']}: loss {rec['loss']:.4f}{val} ({rec['seconds']:.0f} s)")
+
+    tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, lr_min=cfg.lr_min, seed=cfg.seed, device=cfg.device,
+                     checkpoint_dir=cfg.checkpoint_dir, val_every=cfg.val_every, log_every=50)
+    res = train(encoder, TripletMarginLoss(cfg.margin, "all"), source, tc, augment=seed000_augment(),
+                validation=validation, on_log=on_log, should_stop=should_stop)
+    if res.best_checkpoint is not None:
+        from .train import load_checkpoint
+
+        encoder.load_state_dict(load_checkpoint(res.best_checkpoint)["model"])
+    encoder = encoder.cpu().eval()
+    last = res.history[-1] if res.history else {}
+    report["train"] = {"steps": res.step, "best_step": res.best_step, "best_val_top1": res.best_metric,
+                       "last": res.last_metrics, "seconds": last.get("seconds", 0.0), "world": last.get("world", 1)}
+    model = IdentityModel(encoder, dict(init.calibration) if init is not None else {},
+                          dict(init.meta) if init is not None else {})
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 calibrates and writes the model
+        return model, report
+    report["calibration"] = calibrate(model, val_ph, unk_ph, cfg, log)
+    report["total_seconds"] = time.perf_counter() - t0
+    model.meta.setdefault("stages", []).append({"stage": stage, "steps": res.step, "config": report["config"],
+                                                 "best_val_top1": res.best_metric})
+    return model, report
+
+
+def best_references(q: torch.Tensor, labels: np.ndarray, lib: Library, n: int = 3) -> np.ndarray:
+    """(N, n) indices of the references of each class's labelled entry that correlate best with it."""
+    from .correlate import ncc_search
+    from .errors import CryolensError
+
+    names = lib.entries["name"].astype(str).to_numpy()
+    ent = lib.entry_of_reference()
+    out = np.zeros((len(q), n), np.int64)
+    for i, lab in enumerate(labels):
+        hit = np.flatnonzero(names == str(lab))
+        if not len(hit):
+            raise CryolensError(f"label {lab!r} of real class {i + 1} is not an entry of the library")
+        rows = np.flatnonzero(ent == hit[0])
+        m = ncc_search(q[i:i + 1], torch.from_numpy(lib.references[rows].astype(np.float32)), n_psi=36)
+        out[i] = rows[np.argsort(-m.score[0])[:n]]
+    return out
+
+
+def labelled_table(path) -> pd.DataFrame:
+    """A CSV of labelled real classes: columns ``class`` (1-based class number in the stack) and
+    ``identity`` (a library entry name); other columns are ignored."""
+    from .errors import InputError
+
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:
+        raise InputError(f"cannot read the labels CSV ({type(exc).__name__}: {exc})", path) from None
+    missing = {"class", "identity"} - set(df.columns)
+    if missing:
+        raise InputError(f"the labels CSV needs columns class, identity (missing: {', '.join(sorted(missing))})", path)
+    return df

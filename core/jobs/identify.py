@@ -1,0 +1,130 @@
+"""Job ``identify``: which protein is each 2D class average, against a library of maps.
+
+Per class: the top-k library entries with their scores, a calibrated confidence that the first
+is right, and the identity (or "unknown" below ``--min_confidence``); the particles of each
+identity as their own set (when the classes come with their particles); a gallery of every class
+beside its best-matching reference projection. See ``core.identify`` for the three modes.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import CryolensError
+from ..particles import ClassSet
+from .base import Input, JobContext, JobResult, JobSpec, Output, Param, register
+
+
+def _tag(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip("_") or "unnamed"
+
+
+def _gallery(classes: ClassSet, q: torch.Tensor, table: pd.DataFrame, library, es, max_classes: int = 200):
+    """Each class (as matched: resampled to the library) beside its best reference, rotated onto it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..correlate import rotate_images
+
+    n = min(len(table), max_classes)
+    pairs_per_row = 4
+    rows = (n + pairs_per_row - 1) // pairs_per_row
+    fig, axes = plt.subplots(max(rows, 1), 2 * pairs_per_row, figsize=(2 * pairs_per_row * 1.15, max(rows, 1) * 1.45),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    best = np.argmax(np.where(np.isfinite(es.scores), es.scores, -np.inf), 1)
+    for i in range(n):
+        r, c = divmod(i, pairs_per_row)
+        a_cls, a_ref = axes[r, 2 * c], axes[r, 2 * c + 1]
+        a_cls.imshow(q[i].numpy(), cmap="gray")
+        ref_i = int(es.best_ref[i, best[i]])
+        if ref_i >= 0:
+            ref = torch.from_numpy(library.references[ref_i].astype(np.float32))
+            psi = es.psi[i, best[i]]
+            if np.isfinite(psi):  # the NCC angle rotates the class onto the reference: show the inverse
+                ref = rotate_images(ref[None], torch.tensor([-float(psi)]))[0, 0]
+            a_ref.imshow(ref.numpy(), cmap="gray")
+        row = table.iloc[i]
+        colour = "0.5" if row["identity"] == "unknown" else "C0"
+        a_cls.set_title(f"class {int(row['class_id'])}", fontsize=6)
+        a_ref.set_title(f"{str(row['match1'])[:18]}\n{row['identity'] if row['identity'] == 'unknown' else ''}"
+                        f" p={row['confidence']:.2f}", fontsize=5.5, color=colour)
+    fig.suptitle(f"identify: each class (left) and its best library projection (right), {n} of {len(table)}",
+                 fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
+    from ..identify import IdentityModel, identify
+    from ..library import Library
+
+    classes: ClassSet = inputs["classes"]
+    if not params["library"]:
+        raise CryolensError("identify needs --library (build one with: cryolens library build LIB.npz --maps ...)")
+    if classes.images is None or not len(classes.images):
+        raise CryolensError(f"no class averages in {classes.source or 'the input'}")
+    library = Library.load(params["library"])
+    if not len(library):
+        raise CryolensError(f"the library {params['library']} has no entries")
+    model = IdentityModel.load(params["model"] or None, device=ctx.device)
+    px = params["pixel_size"] or classes.pixel_size
+    ctx.log(f"identify: {len(classes)} classes against {len(library)} library entries "
+            f"({library.n_views} views each), mode {params['mode']}")
+    table, es, q = identify(classes.images, px, library, model, params["mode"], params["top_k"],
+                            params["shortlist"], params["min_confidence"], log=ctx.log, should_stop=ctx.should_stop)
+    table.insert(0, "class_id", classes.class_ids)
+    try:
+        counts = classes.counts().to_numpy()
+    except CryolensError:
+        counts = None
+    if counts is not None:
+        table.insert(1, "n_particles", counts)
+    res = JobResult()
+    res.tables["identities"] = table
+    if params["gallery"]:
+        res.figures["identify_gallery"] = _gallery(classes, q, table, library, es)
+    if classes.particles is not None and classes.particles.has("class_id"):
+        for name in table["identity"].unique():
+            ids = table.loc[table["identity"] == name, "class_id"].tolist()
+            subset = classes.members(ids)
+            if len(subset):
+                res.particles[f"particles_{_tag(name)}"] = subset
+    res.summary.append(f"identify ({params['mode']}): {len(table)} classes, "
+                       f"{int((table['identity'] != 'unknown').sum())} identified, "
+                       f"{int((table['identity'] == 'unknown').sum())} unknown")
+    for name, grp in table.groupby("identity", sort=False):
+        n = "" if counts is None else f", {int(grp['n_particles'].sum())} particles"
+        res.summary.append(f"  {name}: classes {', '.join(map(str, grp['class_id']))}{n}")
+    return res
+
+
+SPEC = register(JobSpec(
+    name="identify",
+    summary="Which protein is each 2D class average: top-k matches in a map library, calibrated "
+            "confidence, 'unknown' for classes that match nothing",
+    inputs=(Input("classes", "classes", "2D class averages (Class2D, cryoSPARC classes or a bare .mrcs)"),),
+    params=(
+        Param("library", str, "", "map library (.npz) from: cryolens library build"),
+        Param("model", str, "", "identity model (.pt); empty: the model shipped with cryolens"),
+        Param("mode", str, "combined", "embedding (fastest), correlation (NCC baseline) or combined "
+                                       "(embedding shortlist, NCC re-ranking)",
+              choices=("embedding", "correlation", "combined")),
+        Param("top_k", int, 5, "matches listed per class", min=1, max=100),
+        Param("shortlist", int, 10, "combined mode: entries the embedding passes to NCC", min=1, max=1000),
+        Param("min_confidence", float, 0.5, "below this calibrated confidence a class is 'unknown'", min=0, max=1),
+        Param("pixel_size", float, None, "pixel size of the class averages in A (when their file has none)", min=0.01),
+        Param("gallery", bool, True, "draw each class beside its best reference projection"),
+    ),
+    outputs=(Output("identities", "table", "per class: identity, confidence, top-k matches and scores"),
+             Output("particles", "particles", "one particle set per identity (particles_<name>, particles_unknown)"),
+             Output("identify_gallery", "figure", "each class beside its best-matching reference")),
+    run=run,
+))
