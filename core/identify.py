@@ -151,6 +151,16 @@ def decoy_library(box: int, pixel_size: float, resolution_A: float) -> Library:
     return _DECOYS[key]
 
 
+_DECOY_EMB: dict[tuple, torch.Tensor] = {}
+
+
+def _decoy_embeddings(decoys: Library, model: IdentityModel) -> torch.Tensor:
+    key = (id(decoys), model.fingerprint())
+    if key not in _DECOY_EMB:
+        _DECOY_EMB[key] = embed_images(model.encoder, torch.from_numpy(decoys.references.astype(np.float32)))
+    return _DECOY_EMB[key]
+
+
 # ---------------------------------------------------------------------------------------- queries
 
 
@@ -228,7 +238,7 @@ def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined
         index.add(torch.from_numpy(lib_emb.astype(np.float32)))
         emb_s, emb_arg = (t.numpy() for t in index.group_max(q_emb, ent, E))
         d_index = EmbeddingIndex(lib_emb.shape[1])
-        d_index.add(embed_images(model.encoder, torch.from_numpy(decoys.references.astype(np.float32))))
+        d_index.add(_decoy_embeddings(decoys, model))
         emb_d = d_index.group_max(q_emb, dent, len(decoys))[0].numpy()
         if mode == "embedding":
             full = (q_emb @ torch.from_numpy(lib_emb.astype(np.float32)).T).numpy() if keep_refs else None

@@ -1,0 +1,290 @@
+"""Identity retrieval: library embeddings, the training recipe (determinism, torchrun), open-set
+answers of the shipped model, and the identify job from the shell, RELION and cryoSPARC."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cryolens.core.identify import IdentityModel, embed_library, identify
+from cryolens.core.identify_train import RecipeConfig, simulated_queries, train_identity
+from cryolens.core.library import Library
+from cryolens.core.mrc import write_stack
+from cryolens.core.simulate.proteins import phantom_library
+from cryolens.core.weights import default_weights
+
+REPO = Path(__file__).resolve().parents[1]
+BOX, PX = 48, 4.0
+pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
+
+
+def tiny_config(**kw) -> RecipeConfig:
+    base = dict(n_proteins=6, n_clusters=4, per_cluster=2, steps=3, groups=4, n_val=3, n_unknown=2, box=32,
+                pixel_size=6.0, in_size=32, embed_dim=16, val_every=3, seed=5)
+    base.update(kw)
+    return RecipeConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def proteins():
+    """Library proteins (first 6) and proteins the library does not have (last 2)."""
+    return phantom_library(8, seed=4242, box=BOX, pixel_size=PX)
+
+
+@pytest.fixture(scope="module")
+def library(proteins):
+    lib = Library(BOX, PX, n_views=60)
+    for ph in proteins[:6]:
+        lib.add_volume(ph.density, ph.name, accession=f"EMD-{len(lib) + 1:05d}", source="phantom")
+    return lib
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return IdentityModel.load()
+
+
+def test_shipped_model_is_small_calibrated_and_documented(shipped):
+    path = default_weights("identify")
+    assert path.stat().st_size < 3_000_000
+    assert set(shipped.calibration) == {"embedding", "correlation", "combined"}
+    assert shipped.meta.get("command", "").startswith("cryolens train identify")
+    card = (REPO / "docs" / "models" / "identify.md").read_text()
+    assert shipped.meta["command"] in card
+
+
+def test_library_embeddings_are_stored_and_only_new_maps_are_embedded(library, proteins, shipped, tmp_path):
+    lib = Library(BOX, PX, n_views=20)
+    lib.add_volume(proteins[0].density, "a")
+    emb1 = embed_library(lib, shipped).copy()
+    lib.save(tmp_path / "lib.npz")
+    back = Library.load(tmp_path / "lib.npz")
+    assert back.embedding_model == shipped.fingerprint() and np.array_equal(back.embeddings, emb1)
+    back.add_volume(proteins[1].density, "b")
+    calls = []
+    emb2 = embed_library(back, shipped, log=calls.append)
+    assert calls == ["embedding 20 library references"]  # only the new map's views
+    assert np.array_equal(emb2[:20], emb1) and emb2.shape == (40, emb1.shape[1])
+    # another model: everything is embedded again under its fingerprint
+    other = IdentityModel(torch.nn.Module(), {}, {})
+    other.encoder = type(shipped.encoder)(**{k: v for k, v in shipped.encoder.config.items()})
+    calls.clear()
+    embed_library(back, other, log=calls.append)
+    assert calls == ["embedding 40 library references"] and back.embedding_model == other.fingerprint()
+
+
+@pytest.fixture(scope="module")
+def open_set_queries(proteins):
+    known, names_k = simulated_queries(proteins[:6], 12, BOX, PX, seed=3)
+    strange, _ = simulated_queries(proteins[6:], 4, BOX, PX, seed=4, junk=4)
+    return np.concatenate([known, strange]), names_k
+
+
+@pytest.mark.parametrize("mode", ["correlation", "combined"])
+def test_open_set_known_classes_are_named_and_strangers_are_unknown(library, open_set_queries, shipped, mode):
+    images, names_k = open_set_queries
+    table, es, _ = identify(images, PX, library, shipped, mode=mode)
+    tk, tu = table.iloc[:12], table.iloc[12:]
+    right = (tk["identity"] == names_k).mean()
+    wrong = ((tk["identity"] != names_k) & (tk["identity"] != "unknown")).mean()
+    assert right >= 0.75 and wrong <= 0.1, table
+    assert (tu["identity"] == "unknown").mean() >= 0.75, tu
+    assert tk["confidence"].mean() > tu["confidence"].mean() + 0.3
+    assert (table["match1"] != "").all() and np.isfinite(table["score1"]).all()
+
+
+def test_embedding_mode_ranks_above_chance_and_is_not_confidently_wrong(library, open_set_queries, shipped):
+    """The CPU-trained embedding alone is a weak identifier (docs/models/identify.md): its calibrated
+    confidence must say so (unknown rather than a wrong name), while its ranking still carries the
+    signal the combined mode's shortlist relies on."""
+    images, names_k = open_set_queries
+    table, es, _ = identify(images, PX, library, shipped, mode="embedding")
+    tk = table.iloc[:12]
+    in_top3 = np.mean([n in set(r) for n, r in zip(names_k, tk[["match1", "match2", "match3"]].to_numpy())])
+    assert in_top3 >= 0.75, tk  # chance: 0.5
+    wrong = ((tk["identity"] != names_k) & (tk["identity"] != "unknown")).mean()
+    assert wrong <= 0.1, tk
+
+
+def test_recipe_is_deterministic_on_cpu():
+    torch.set_num_threads(1)
+    ph = phantom_library(11, seed=9, box=32, pixel_size=6.0)
+    a, ra = train_identity(tiny_config(), phantoms=ph, log=lambda s: None)
+    b, rb = train_identity(tiny_config(), phantoms=ph, log=lambda s: None)
+    sa, sb = a.encoder.state_dict(), b.encoder.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.calibration == b.calibration and set(a.calibration) == {"embedding", "correlation", "combined"}
+    c, _ = train_identity(tiny_config(seed=6), phantoms=ph, log=lambda s: None)
+    assert not all(torch.equal(sa[k], c.encoder.state_dict()[k]) for k in sa)
+
+
+def test_stage_two_fine_tunes_on_labelled_real_classes(library, proteins, shipped, tmp_path):
+    """cryolens train identify with --real-classes/--labels/--library, starting from a model."""
+    images, names = simulated_queries(proteins[:3], 6, BOX, PX, seed=8)
+    write_stack(tmp_path / "real.mrcs", images.astype(np.float32), PX)
+    pd.DataFrame({"class": np.arange(1, 7), "identity": names}).to_csv(tmp_path / "labels.csv", index=False)
+    library.save(tmp_path / "lib.npz")
+    out = tmp_path / "tuned.pt"
+    small = build_small_model(tmp_path)
+    cmd = [sys.executable, "-m", "cryolens.cli", "train", "identify", "--out", str(out), "--init", str(small),
+           "--real-classes", str(tmp_path / "real.mrcs"), "--labels", str(tmp_path / "labels.csv"),
+           "--library", str(tmp_path / "lib.npz"), "--proteins", "4", "--clusters", "3", "--steps", "3",
+           "--groups", "4", "--box", "32", "--pixel-size", "6", "--in-size", "32", "--embed-dim", "16",
+           "--val-every", "3", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stage II: 6 labelled real classes of 3 identities" in proc.stdout
+    tuned = IdentityModel.load(out)
+    assert [s["stage"] for s in tuned.meta["stages"]] == ["I (synthetic)", "II (mixed synthetic/real)"]
+    before = IdentityModel.load(small).encoder.state_dict()
+    assert not all(torch.equal(before[k], v) for k, v in tuned.encoder.state_dict().items())
+    # a label that names no library entry is refused with the label in the message
+    pd.DataFrame({"class": [1], "identity": ["no-such-protein"]}).to_csv(tmp_path / "bad.csv", index=False)
+    cmd[cmd.index(str(tmp_path / "labels.csv"))] = str(tmp_path / "bad.csv")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "no-such-protein" in proc.stderr
+
+
+def build_small_model(tmp_path) -> Path:
+    ph = phantom_library(11, seed=9, box=32, pixel_size=6.0)
+    model, _ = train_identity(tiny_config(), phantoms=ph, log=lambda s: None)
+    model.meta["command"] = "test"
+    return model.save(tmp_path / "small.pt")
+
+
+def test_torchrun_two_ranks_train_one_model(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "ddp.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "cryolens.cli", "train", "identify", "--out", str(out), "--proteins", "4", "--clusters", "3",
+           "--steps", "2", "--groups", "4", "--box", "32", "--pixel-size", "6", "--in-size", "32",
+           "--embed-dim", "16", "--val-every", "2", "--device", "cpu", "--report", str(tmp_path / "r.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["train"]["world"] == 2 and rep["train"]["steps"] == 2
+    assert set(IdentityModel.load(out).calibration) == {"embedding", "correlation", "combined"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp.pt", "r.json"]  # one writer, no temporaries
+
+
+# -- the job through the adapters -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def class_stack(proteins, tmp_path_factory):
+    d = tmp_path_factory.mktemp("identify_job")
+    images, names = simulated_queries(proteins[:2], 4, BOX, PX, seed=21, junk=1)
+    write_stack(d / "classes.mrcs", images.astype(np.float32), PX)
+    return d / "classes.mrcs", names
+
+
+def test_job_from_the_shell_on_a_bare_stack(library, class_stack, tmp_path):
+    from cryolens.cli import main
+
+    library.save(tmp_path / "lib.npz")
+    stack, names = class_stack
+    rc = main(["run", "identify", "--classes-in", str(stack), "--out", str(tmp_path / "out"),
+               "--library", str(tmp_path / "lib.npz"), "--top_k", "3"])
+    assert rc == 0
+    table = pd.read_csv(tmp_path / "out" / "identities.csv", keep_default_na=False)
+    assert table["class_id"].tolist() == [1, 2, 3, 4, 5]
+    assert {"identity", "confidence", "match1", "match3", "score3"} <= set(table.columns)
+    assert (table["identity"].iloc[:4] == names[:4]).mean() >= 0.75
+    assert (tmp_path / "out" / "identify_gallery.pdf").stat().st_size > 1000
+    # a missing library: a clear error naming it, nothing written
+    rc = main(["run", "identify", "--classes-in", str(stack), "--out", str(tmp_path / "out2"),
+               "--library", str(tmp_path / "missing.npz")])
+    assert rc == 2 and not (tmp_path / "out2" / "identities.csv").exists()
+
+
+@pytest.mark.relion
+def test_job_as_a_relion_external_job_on_class2d(relion_class2d, proteins, tmp_path):
+    """From relion_pipeliner: classes of protA identified against a library with protA's map."""
+    import shutil
+
+    from conftest import need_relion
+    from relion_helpers import add_and_run_external, pipeline_nodes
+    from cryolens.relion_ext.star import read_blocks
+
+    need_relion("relion_pipeliner")
+    src, data = relion_class2d
+    proj = tmp_path / "proj"
+    shutil.copytree(src, proj)
+    lib = Library(64, 3.0, n_views=60)
+    lib.add_map_file(proj / "Synthetic" / "protA.mrc", name="protA", accession="EMD-0001")
+    for ph in phantom_library(3, seed=77, box=64, pixel_size=3.0):
+        lib.add_volume(ph.density, ph.name)
+    lib.save(proj / "lib.npz")
+    exe = shutil.which("cryolens-relion-identify") or str(REPO / ".venv/bin/cryolens-relion-identify")
+    job_dir, status = add_and_run_external(proj, {
+        "fn_exe": exe, "in_part": str(data.relative_to(src)), "param1_label": "library", "param1_value": "lib.npz",
+        "param2_label": "mode", "param2_value": "embedding", "nr_threads": "1"})
+    assert status == 2, (job_dir / "run.err").read_text()
+    table = read_blocks(job_dir / "identities.star")["identities"]
+    assert table["class_id"].tolist() == [1, 2, 3, 4]
+    assert set(table["identity"]) <= {"protA", "unknown"} and (table["identity"] == "protA").any()
+    nodes = pipeline_nodes(proj)
+    rel = job_dir.relative_to(proj)
+    assert nodes[f"{rel}/particles_protA.star"] == 3
+    assert f"{rel}/identify_gallery.pdf" in nodes
+
+
+def test_job_through_the_cryosparc_standin_answers_unknown_for_noise(library, tmp_path, monkeypatch):
+    """The real 2D classification's particles with pure-noise class averages (the stand-in's):
+    every class must come back unknown, with its particles in particles_unknown."""
+    import cryosparc_standin as sd
+    from test_cryosparc_external import client, run
+
+    from test_cryosparc_external import standin as standin_fixture  # noqa: F401 (a fixture)
+
+    lib_path = library.save(tmp_path / "lib.npz")
+    gen = standin_fixture.__wrapped__(tmp_path, monkeypatch)
+    state, url = next(gen)
+    try:
+        rc = run(url, "identify", "--classes-in", "J1.class_averages", "--particles", "J1.particles",
+                 "--library", str(lib_path), "--mode", "correlation")
+        assert rc == 0, state.events
+        job = state.jobs["J2"]
+        assert "particles_unknown" in set(job.spec.outputs.root)
+        parts = client(url).find_job("P1", "J2").load_output("particles_unknown")
+        assert len(parts) == 22
+        side = next((state.project_dir / "J2").glob("*identities*.csv"))
+        t = pd.read_csv(side, keep_default_na=False)
+        assert (t["identity"] == "unknown").all() and len(t) == 5
+    finally:
+        gen.close()
+
+
+def test_library_build_from_a_csv_then_incrementally(proteins, tmp_path, capsys):
+    from cryolens.cli import main
+
+    for i, ph in enumerate(proteins[:3]):
+        ph.save(tmp_path / f"m{i}.mrc")
+    pd.DataFrame({"path": ["m0.mrc", "m1.mrc"], "name": ["alpha", "beta"],
+                  "accession": ["EMD-1111", "EMD-2222"]}).to_csv(tmp_path / "maps.csv", index=False)
+    lib = tmp_path / "lib.npz"
+    assert main(["library", "build", str(lib), "--csv", str(tmp_path / "maps.csv"), "--box", "48",
+                 "--pixel-size", "4", "--views", "12", "--no-embed"]) == 0
+    first = Library.load(lib)
+    assert first.entries["name"].tolist() == ["alpha", "beta"]
+    assert first.entries["accession"].tolist() == ["EMD-1111", "EMD-2222"]
+    assert main(["library", "build", str(lib), "--maps", str(tmp_path / "m2.mrc"), "--phantoms", "1",
+                 "--no-embed"]) == 0
+    second = Library.load(lib)
+    assert len(second) == 4 and second.box == 48 and second.n_views == 12
+    assert np.array_equal(second.references[:24], first.references)  # the first maps were not redone
+    capsys.readouterr()
+    assert main(["library", "info", str(lib)]) == 0
+    text = capsys.readouterr().out
+    assert "4 entries" in text and "EMD-2222" in text and "m2" in text
+    # a CSV naming a missing map: an error naming the CSV and the map, the library untouched
+    pd.DataFrame({"path": ["nope.mrc"]}).to_csv(tmp_path / "bad.csv", index=False)
+    before = lib.read_bytes()
+    assert main(["library", "build", str(lib), "--csv", str(tmp_path / "bad.csv"), "--no-embed"]) == 2
+    assert "nope.mrc" in capsys.readouterr().err and lib.read_bytes() == before
