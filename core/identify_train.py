@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from .geometry import euler_to_matrix
+from .images import resample_images
 from .identify import (MODES, IdentityModel, calibrated_confidence, confidence_features, fit_calibration,
                        prepare_queries, score_entries)
 from .library import Library, render_references
@@ -268,8 +269,11 @@ def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: t
         images, labels, lib, real_px = real
         q = prepare_queries(images, real_px, lib)
         partners = best_references(q, np.asarray(labels), lib)
-        source = MixedSource(source, q, np.asarray(labels), partners, lib.references, lib.pixel_size,
-                             cfg.groups, cfg.seed + 4)
+        # batches mix both domains: bring the library's sampling to the synthetic data's
+        refs = resample_images(torch.from_numpy(lib.references.astype(np.float32)), lib.pixel_size,
+                               cfg.pixel_size, cfg.box).numpy()
+        q = resample_images(q, lib.pixel_size, cfg.pixel_size, cfg.box)
+        source = MixedSource(source, q, np.asarray(labels), partners, refs, cfg.pixel_size, cfg.groups, cfg.seed + 4)
     stage = "II (mixed synthetic/real)" if real is not None else "I (synthetic)"
     log(f"stage {stage}: {cfg.steps} steps of {cfg.groups} x {cfg.per_group} images, {cfg.encoder}")
 

@@ -224,7 +224,7 @@ def test_job_as_a_relion_external_job_on_class2d(relion_class2d, proteins, tmp_p
     exe = shutil.which("cryolens-relion-identify") or str(REPO / ".venv/bin/cryolens-relion-identify")
     job_dir, status = add_and_run_external(proj, {
         "fn_exe": exe, "in_part": str(data.relative_to(src)), "param1_label": "library", "param1_value": "lib.npz",
-        "param2_label": "mode", "param2_value": "embedding", "nr_threads": "1"})
+        "param2_label": "top_k", "param2_value": "2", "nr_threads": "1"})
     assert status == 2, (job_dir / "run.err").read_text()
     table = read_blocks(job_dir / "identities.star")["identities"]
     assert table["class_id"].tolist() == [1, 2, 3, 4]
