@@ -71,10 +71,10 @@ def relion_queries(phantoms, box, px, seed, log):
         return None
     d = Path(tempfile.mkdtemp(prefix="bench_identify_relion_"))
     sim = ParticleSimulator({ph.name: ph.density for ph in phantoms}, box=box, pixel_size=px, snr=0.08, junk=0.1)
-    ps, images, truth = sim.dataset(1500, seed=seed)
+    ps, images, truth = sim.dataset(800, seed=seed)
     star = write_project(d, ps, images, truth)
     t = time.perf_counter()
-    cs, ct = class2d_with_truth(d, str(star.relative_to(d)), truth, "Simulated/particles.mrcs", K=12, iters=8,
+    cs, ct = class2d_with_truth(d, str(star.relative_to(d)), truth, "Simulated/particles.mrcs", K=8, iters=6,
                                 diameter_A=0.9 * box * px, seed=seed)
     log(f"RELION Class2D: {len(cs)} classes in {time.perf_counter() - t:.0f} s")
     good = (ct["truth_purity"].to_numpy() >= 0.7) & (ct["truth_species"].astype(str).to_numpy() != "")
@@ -89,9 +89,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "identify.json"))
     ap.add_argument("--phantoms", type=int, default=100, help="library phantom proteins (default 100)")
-    ap.add_argument("--views", type=int, default=100, help="references per library entry (default 100)")
+    ap.add_argument("--views", type=int, default=60, help="references per library entry (default 60)")
     ap.add_argument("--relion", action="store_true", help="also a real relion_refine Class2D run as queries")
-    ap.add_argument("--finetune-steps", type=int, default=150)
+    ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="a small run to check the script")
     ap.add_argument("--model", help="identity model (default: the shipped one)")
     args = ap.parse_args(argv)
