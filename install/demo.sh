@@ -27,4 +27,6 @@ t["truth"] = [("map_" + s if k == "protein" else f"({k})") for s, k in zip(truth
 pd.set_option("display.width", 160)
 print(t[["class_id", "identity", "confidence", "score", "match1", "match2", "truth"]].to_string(index=False))
 PY
+# rank: a calibrated quality score per class and an automatic, data-set-adaptive selection
+$CL run rank --classes-in "$OUT/Simulated/classes_fast.mrcs" --out "$OUT/Rank"
 echo "demo finished: outputs in $OUT/ (gallery: $OUT/gallery.png)"

@@ -1,0 +1,271 @@
+"""Evidence for ranking 2D classes: per-class statistics and RELION-ranker-style image features.
+
+Statistics come from the class table (``ClassSet.table``) where the source has them, and are NaN
+where it does not (a bare stack of class averages has none): particle count and share, estimated
+resolution (``inf`` for empty classes), rotational/translational accuracy (NaN where RELION wrote
+999), ESS and posterior. Some are also expressed relative to the rest of the data set (count
+relative to the median class, resolution relative to the best class), because absolute values
+move with the data set (box, pixel size, number of particles) while the ordering within a data
+set carries over.
+
+Image features follow the idea of RELION's class ranker (Kimanius et al. 2021, peers.md 1.1):
+moments of the class average inside a protein mask, a solvent mask and a ring mask, plus the
+shape of the protein mask (area, centring, fragmentation), the power spectrum (fall-off,
+anisotropy of streaks and carbon edges, Bragg-like peaks of crystalline ice), and how much of the
+image a rotational average explains (ring artefacts). Every image is resampled to ``FEATURE_BOX``
+pixels first, so features do not depend on the box.
+
+The isolation of a class in an embedding space (how far it sits from the other classes) is
+computed by ``isolation_features`` from embeddings the ranker provides.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .images import fourier_resize, radial_frequency_grid, radius_grid
+from .particles import ClassSet
+
+FEATURE_BOX = 64
+DISK = 0.46  # radius of the analysed disk, fraction of the box (class averages are masked near 0.5)
+
+STAT_FEATURES = ("log_count", "rel_count", "rel_share", "inv_res", "nyquist_frac", "rel_res", "weighted_res",
+                 "empty", "log_acc_rot", "rel_acc_rot", "acc_trans_px", "ess", "posterior", "completeness")
+IMAGE_FEATURES = (
+    "prot_area", "prot_mean", "prot_sd", "prot_skew", "prot_kurt",
+    "solv_mean", "solv_sd", "solv_skew", "solv_kurt",
+    "ring_mean", "ring_sd", "ring_skew", "ring_kurt",
+    "contrast", "otsu_sep", "centroid_off", "gyration", "n_blobs", "largest_blob", "edge_prot",
+    "spec_slope", "spec_high", "spec_aniso", "spec_peak", "rot_r2", "grad_ratio", "outside_sd", "flatness",
+)
+ISOLATION_FEATURES = ("knn_dist", "rel_knn_dist")
+
+
+# -- statistics --------------------------------------------------------------------------------
+def _col(table: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in table:
+        return np.full(len(table), np.nan)
+    return pd.to_numeric(table[name], errors="coerce").to_numpy(np.float64)
+
+
+def class_counts(cs: ClassSet) -> np.ndarray:
+    """Particles per class, NaN where unknown (bare stacks, model stars without their data star)."""
+    try:
+        return cs.counts().to_numpy(np.float64)
+    except Exception:  # no membership and no count column
+        return np.full(len(cs), np.nan)
+
+
+def stat_features(cs: ClassSet) -> np.ndarray:
+    """(K, len(STAT_FEATURES)) float64; NaN where the source does not say."""
+    t = cs.table
+    k = len(t)
+    n = class_counts(cs)
+    share = _col(t, "distribution")
+    if np.isnan(share).all() and np.isfinite(n).any() and np.nansum(n) > 0:
+        share = n / np.nansum(n)
+    res = _col(t, "resolution")
+    px = float(cs.pixel_size) if cs.pixel_size else np.nan
+    out = np.full((k, len(STAT_FEATURES)), np.nan)
+    f = {name: i for i, name in enumerate(STAT_FEATURES)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[:, f["log_count"]] = np.log1p(n)
+        med = np.nanmedian(n) if np.isfinite(n).any() else np.nan
+        out[:, f["rel_count"]] = np.log1p(n) - np.log1p(med)
+        out[:, f["rel_share"]] = np.log(np.clip(share * k, 1e-4, None))
+        # inf resolution (empty class, or no signal) is "no resolution": 0 in the inverse
+        finite = np.isfinite(res) & (res > 0)
+        inv = np.where(finite, 1.0 / np.where(finite, res, 1.0), np.where(np.isnan(res), np.nan, 0.0))
+        out[:, f["inv_res"]] = 10.0 * inv
+        out[:, f["nyquist_frac"]] = 2.0 * px * inv if np.isfinite(px) else np.nan
+        best = np.nanmax(inv) if np.isfinite(inv).any() else np.nan
+        out[:, f["rel_res"]] = inv / best if best and best > 0 else np.where(np.isnan(inv), np.nan, 0.0)
+        # RELION's "weighted resolution" d^2 / ln N: resolution that many particles should have reached
+        r = np.where(finite, res, 200.0)
+        out[:, f["weighted_res"]] = np.where(np.isfinite(n) & ~np.isnan(res),
+                                             2 * np.log(np.minimum(r, 200.0)) - np.log(np.log(np.maximum(n, 1) + 2)),
+                                             np.nan)
+        empty = np.where(np.isfinite(n), (n <= 0).astype(float), np.nan)
+        empty = np.where(np.isinf(res), 1.0, empty)
+        out[:, f["empty"]] = empty
+        acc = _col(t, "acc_rot")
+        out[:, f["log_acc_rot"]] = np.log1p(np.clip(acc, 0, 180))
+        out[:, f["rel_acc_rot"]] = np.log1p(np.clip(acc, 0, 180)) - np.nanmedian(np.log1p(np.clip(acc, 0, 180))) \
+            if np.isfinite(acc).any() else np.nan
+        tr = _col(t, "acc_trans")
+        out[:, f["acc_trans_px"]] = np.log1p(np.clip(tr / px, 0, 100)) if np.isfinite(px) else np.nan
+        out[:, f["ess"]] = _col(t, "ess")
+        out[:, f["posterior"]] = _col(t, "posterior")
+        out[:, f["completeness"]] = _col(t, "completeness")
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+# -- image features ------------------------------------------------------------------------------
+def prepare_images(images, box: int = FEATURE_BOX) -> torch.Tensor:
+    """(K, b, b) -> (K, box, box) float32, resampled and standardised inside the analysed disk."""
+    x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    if x.dim() != 3 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"expected (K, box, box) class averages, got {tuple(x.shape)}")
+    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    if x.shape[-1] != box:
+        x = fourier_resize(x, box)
+    disk = (radius_grid(box) <= DISK * box).float()
+    n = disk.sum()
+    mean = (x * disk).sum((-2, -1), keepdim=True) / n
+    sd = torch.sqrt((((x - mean) * disk) ** 2).sum((-2, -1), keepdim=True) / n).clamp_min(1e-6)
+    return (x - mean) / sd
+
+
+def _gauss_smooth(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    k = radial_frequency_grid(x.shape[-1], True, None, x.device)
+    return torch.fft.irfft2(torch.fft.rfft2(x) * torch.exp(-2 * (math.pi * sigma_px * k) ** 2), s=x.shape[-2:])
+
+
+def _moments(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """(K, 4) mean, sd, skewness, kurtosis of x within masks m (K, b, b); NaN for empty masks."""
+    n = m.sum((-2, -1))
+    safe = n.clamp_min(1)
+    mean = (x * m).sum((-2, -1)) / safe
+    d = (x - mean[:, None, None]) * m
+    var = (d ** 2).sum((-2, -1)) / safe
+    sd = var.sqrt()
+    s = sd.clamp_min(1e-6)
+    skew = (d ** 3).sum((-2, -1)) / safe / s ** 3
+    kurt = (d ** 4).sum((-2, -1)) / safe / s ** 4 - 3.0
+    out = torch.stack([mean, sd, skew, kurt], 1)
+    out[n < 3] = float("nan")
+    return out
+
+
+def _otsu(values: torch.Tensor, weights: torch.Tensor, bins: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: Otsu threshold over the weighted pixels and the separability (between-class / total variance)."""
+    k = values.shape[0]
+    v = values.reshape(k, -1)
+    w = weights.reshape(1, -1).expand(k, -1)
+    lo = torch.where(w > 0, v, torch.full_like(v, float("inf"))).min(1).values
+    hi = torch.where(w > 0, v, torch.full_like(v, float("-inf"))).max(1).values
+    span = (hi - lo).clamp_min(1e-6)
+    idx = ((v - lo[:, None]) / span[:, None] * (bins - 1)).round().long().clamp(0, bins - 1)
+    hist = torch.zeros(k, bins).scatter_add_(1, idx, w)
+    p = hist / hist.sum(1, keepdim=True).clamp_min(1e-12)
+    centres = lo[:, None] + (torch.arange(bins) + 0.5)[None] / bins * span[:, None]
+    w0 = p.cumsum(1)
+    mu = (p * centres).cumsum(1)
+    mu_t = mu[:, -1:]
+    between = (mu_t * w0 - mu) ** 2 / (w0 * (1 - w0)).clamp_min(1e-12)
+    between[:, -1] = 0
+    best = between.argmax(1)
+    total = (p * (centres - mu_t) ** 2).sum(1).clamp_min(1e-12)
+    thr = lo + (best.float() + 1.0) / bins * span
+    return thr, between.gather(1, best[:, None])[:, 0] / total
+
+
+def image_features(images) -> np.ndarray:
+    """(K, len(IMAGE_FEATURES)) float64 from class averages (K, b, b) of any box."""
+    from scipy import ndimage
+
+    x = prepare_images(images)
+    k, box = x.shape[0], x.shape[-1]
+    r = radius_grid(box)
+    R = DISK * box
+    disk = (r <= R).float()
+    ring = ((r > 0.75 * R) & (r <= R)).float()
+    outside = ((r > R) & (r <= 0.5 * box)).float()
+    sm = _gauss_smooth(x, 1.2)
+    thr, sep = _otsu(sm, disk)
+    prot = ((sm > thr[:, None, None]) & (disk[None] > 0)).float()
+    solv = disk[None] * (1 - prot)
+    mp, ms, mr = _moments(x, prot), _moments(x, solv), _moments(x, ring.expand(k, -1, -1))
+    area = prot.sum((-2, -1)) / disk.sum()
+    # mass distribution of the positive (protein-like) part of the smoothed image
+    pos = sm.clamp_min(0) * disk
+    mass = pos.sum((-2, -1)).clamp_min(1e-6)
+    c = torch.arange(box, dtype=torch.float32) - box // 2
+    cy = (pos.sum(-1) * c).sum(-1) / mass
+    cx = (pos.sum(-2) * c).sum(-1) / mass
+    centroid = torch.sqrt(cx ** 2 + cy ** 2) / R
+    gyr = torch.sqrt((pos * r ** 2).sum((-2, -1)) / mass) / R
+    edge = (prot * ring).sum((-2, -1)) / prot.sum((-2, -1)).clamp_min(1)
+    # power spectrum: fall-off, high-frequency share, directionality (streaks), peaks (lattices)
+    F = torch.fft.rfft2(x * disk)
+    P = F.real ** 2 + F.imag ** 2
+    kk = radial_frequency_grid(box, True, None)
+    shells = (kk * box).round().long().clamp(max=box // 2)
+    nb = box // 2 + 1
+    prof = torch.zeros(k, nb).scatter_add_(1, shells.reshape(1, -1).expand(k, -1), P.reshape(k, -1))
+    cnt = torch.zeros(nb).scatter_add_(0, shells.reshape(-1), torch.ones(shells.numel())).clamp_min(1)
+    prof = prof / cnt
+    lk = torch.log(torch.arange(3, box // 3, dtype=torch.float32))
+    lp = torch.log(prof[:, 3:box // 3].clamp_min(1e-12))
+    lkc = lk - lk.mean()
+    slope = ((lp - lp.mean(1, keepdim=True)) * lkc).sum(1) / (lkc ** 2).sum()
+    high = prof[:, box // 4:].sum(1) / prof[:, 1:].sum(1).clamp_min(1e-12)
+    ky = torch.fft.fftfreq(box)[:, None].expand(-1, nb)
+    kx = torch.fft.rfftfreq(box)[None, :].expand(box, -1)
+    ang = torch.atan2(ky, kx) % math.pi  # rfft half-plane: direction mod 180 degrees
+    band = ((kk > 0.06) & (kk < 0.45)).float()
+    sector = (ang / math.pi * 12).long().clamp(max=11)
+    sec = torch.zeros(k, 12).scatter_add_(1, sector.reshape(1, -1).expand(k, -1), (P * band).reshape(k, -1))
+    aniso = sec.max(1).values / sec.mean(1).clamp_min(1e-12)
+    hb = ((kk > 0.15) & (kk < 0.48))
+    rel = P / prof.gather(1, shells.reshape(1, -1).expand(k, -1)).reshape(k, box, nb).clamp_min(1e-12)
+    peak = torch.log(torch.where(hb[None], rel, torch.zeros_like(rel)).reshape(k, -1).max(1).values.clamp_min(1))
+    # rotational symmetry: share of the variance in the disk that the radial profile explains
+    ri = r.round().long().clamp(max=box // 2)
+    rc = torch.zeros(nb).scatter_add_(0, ri.reshape(-1), disk.reshape(-1)).clamp_min(1)
+    rp = torch.zeros(k, nb).scatter_add_(1, ri.reshape(1, -1).expand(k, -1), (x * disk).reshape(k, -1)) / rc
+    resid = (x - rp.gather(1, ri.reshape(1, -1).expand(k, -1)).reshape(k, box, box)) * disk
+    rot_r2 = 1 - (resid ** 2).sum((-2, -1)) / ((x * disk) ** 2).sum((-2, -1)).clamp_min(1e-6)
+    gy, gx = torch.gradient(sm, dim=(-2, -1))
+    g = torch.sqrt(gx ** 2 + gy ** 2)
+    grad_ratio = torch.log(((g * prot).sum((-2, -1)) / prot.sum((-2, -1)).clamp_min(1) + 1e-3)
+                           / ((g * solv).sum((-2, -1)) / solv.sum((-2, -1)).clamp_min(1) + 1e-3))
+    out_sd = torch.sqrt((x ** 2 * outside).sum((-2, -1)) / outside.sum().clamp_min(1))
+    flat = (x.reshape(k, -1).std(1) < 1e-3).float()
+    # fragmentation of the protein mask (connected components; few images, so scipy on the CPU)
+    prot_np = prot.numpy() > 0
+    blobs = np.zeros(k)
+    largest = np.zeros(k)
+    for i in range(k):
+        lab, nlab = ndimage.label(prot_np[i])
+        if nlab:
+            sizes = np.bincount(lab.ravel())[1:]
+            blobs[i] = np.log1p((sizes >= 4).sum())
+            largest[i] = sizes.max() / max(sizes.sum(), 1)
+    feats = torch.stack([
+        area, mp[:, 0], mp[:, 1], mp[:, 2], mp[:, 3], ms[:, 0], ms[:, 1], ms[:, 2], ms[:, 3],
+        mr[:, 0], mr[:, 1], mr[:, 2], mr[:, 3], mp[:, 0] - ms[:, 0], sep, centroid, gyr,
+        torch.as_tensor(blobs, dtype=torch.float32), torch.as_tensor(largest, dtype=torch.float32), edge,
+        slope, high, torch.log(aniso), peak, rot_r2, grad_ratio, out_sd, flat], 1).double().numpy()
+    feats[~np.isfinite(feats)] = np.nan
+    return feats
+
+
+def isolation_features(embeddings: np.ndarray, k: int = 3) -> np.ndarray:
+    """(K, 2): mean cosine distance of each class to its k nearest other classes, and that
+    distance relative to the data set's median (log). NaN with fewer than k + 1 classes."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    n = len(e)
+    out = np.full((n, len(ISOLATION_FEATURES)), np.nan)
+    if n < k + 1:
+        return out
+    e = e / np.clip(np.linalg.norm(e, axis=1, keepdims=True), 1e-12, None)
+    d = 1.0 - e @ e.T
+    np.fill_diagonal(d, np.inf)
+    knn = np.sort(d, axis=1)[:, :k].mean(1)
+    out[:, 0] = knn
+    out[:, 1] = np.log((knn + 1e-3) / (np.median(knn) + 1e-3))
+    return out
+
+
+def ranker_style_features(cs: ClassSet) -> tuple[np.ndarray, list[str]]:
+    """Statistics + image features (what a RELION-class-ranker-style model sees), NaN where missing."""
+    if cs.images is None:
+        from .errors import InputError
+
+        raise InputError("ranking needs the class average images (the stack was not found or not read)", cs.source)
+    return np.concatenate([stat_features(cs), image_features(cs.images)], 1), list(STAT_FEATURES + IMAGE_FEATURES)
