@@ -96,5 +96,6 @@ def read_class_stack(path: str | os.PathLike, pixel_size: float | None = None) -
     px = pixel_size if pixel_size else info.pixel_size
     if px is not None and not px > 0:
         px = None
-    return ClassSet(pd.DataFrame({"class_id": np.arange(1, len(images) + 1, dtype=np.int64)}), images, px,
-                    None, source=str(path), meta={"bare_stack": True})
+    table = pd.DataFrame({"class_id": np.arange(1, len(images) + 1, dtype=np.int64), "image_stack": str(path),
+                          "image_index": np.arange(len(images), dtype=np.int64)})
+    return ClassSet(table, images, px, None, source=str(path), meta={"bare_stack": True})

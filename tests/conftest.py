@@ -44,3 +44,14 @@ def relion_class2d(tmp_path_factory):
     project_particles(proj, "protA", 300, seed=1)
     data = run_class2d(proj, "Synthetic/protA_particles.star", K=4, iters=3)
     return proj, data
+
+
+@pytest.fixture
+def project(relion_class2d, tmp_path):
+    """A private copy of the Class2D project (so each test owns its pipeline): (dir, data star relative to it)."""
+    import shutil
+
+    src, data = relion_class2d
+    dst = tmp_path / "proj"
+    shutil.copytree(src, dst)
+    return dst, data.relative_to(src)

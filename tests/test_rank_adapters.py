@@ -21,12 +21,6 @@ J2 = ("cryosparc", "cryosparc_J2_particles_exported.cs")
 pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
 
 
-@pytest.fixture
-def project(relion_class2d, tmp_path):
-    src, data = relion_class2d
-    dst = tmp_path / "proj"
-    shutil.copytree(src, dst)
-    return dst, data.relative_to(src)
 
 
 @pytest.mark.relion

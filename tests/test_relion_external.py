@@ -15,13 +15,6 @@ from cryolens.relion_ext.star import read_blocks, read_particles
 EXE = shutil.which("cryolens-relion-select") or str(Path(REPO / ".venv/bin/cryolens-relion-select"))
 
 
-@pytest.fixture
-def project(relion_class2d, tmp_path):
-    """A private copy of the Class2D project, so each test owns its pipeline."""
-    src, data = relion_class2d
-    dst = tmp_path / "proj"
-    shutil.copytree(src, dst)
-    return dst, data.relative_to(src)
 
 
 @pytest.mark.relion

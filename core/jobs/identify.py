@@ -23,7 +23,7 @@ def _tag(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip("_") or "unnamed"
 
 
-def _gallery(classes: ClassSet, q: torch.Tensor, table: pd.DataFrame, library, es, max_classes: int = 200):
+def _gallery(q: torch.Tensor, table: pd.DataFrame, library, es, max_classes: int = 200):
     """Each class (as matched: resampled to the library) beside its best reference, rotated onto it."""
     import matplotlib
 
@@ -90,7 +90,7 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
     res = JobResult()
     res.tables["identities"] = table
     if params["gallery"]:
-        res.figures["identify_gallery"] = _gallery(classes, q, table, library, es)
+        res.figures["identify_gallery"] = _gallery(q, table, library, es)
     if classes.particles is not None and classes.particles.has("class_id"):
         for name in table["identity"].unique():
             ids = table.loc[table["identity"] == name, "class_id"].tolist()

@@ -153,16 +153,6 @@ def gallery_figure(images: np.ndarray, class_ids: np.ndarray, prob: np.ndarray, 
     return fig
 
 
-def _with_stack(cs: ClassSet) -> ClassSet:
-    """A bare stack's classes point at their stack (so adapters can write class_averages)."""
-    if "image_stack" in cs.table or not cs.source:
-        return cs
-    t = cs.table.copy()
-    t["image_stack"] = str(cs.source)
-    t["image_index"] = np.arange(len(t), dtype=np.int64)
-    return ClassSet(t, cs.images, cs.pixel_size, cs.particles, cs.source, cs.meta)
-
-
 def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
     from ..ranker import RankModel
     from ..rank_features import class_counts
@@ -201,9 +191,7 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
     rank = np.empty(len(cs), np.int64)
     rank[order] = np.arange(1, len(cs) + 1)
 
-    scored = _with_stack(cs)
-    scored = ClassSet(scored.table.copy(), scored.images, scored.pixel_size, scored.particles, scored.source,
-                      scored.meta)
+    scored = ClassSet(cs.table.copy(), cs.images, cs.pixel_size, cs.particles, cs.source, cs.meta)
     scored.table[SCORE] = prob
     scored.table[PREDICTED] = prob
     res = JobResult()
