@@ -5,7 +5,9 @@ Three ways to score a class against every library entry (a map rendered at many 
 - ``embedding``: cosine similarity in a learned embedding space (``IdentityModel``), best over
   the entry's reference projections;
 - ``correlation``: brute-force NCC with in-plane rotation and shift search (``core.correlate``);
-- ``combined``: the embedding shortlists ``shortlist`` entries per class, NCC re-ranks them.
+- ``combined``: the embedding shortlists entries per class (at least ``shortlist``, and every
+  entry whose embedding score clears the model's calibrated bar, ``shortlist_entries``), NCC
+  re-ranks them: NCC's answers for a fraction of its time.
 
 Confidence and "unknown". A class is compared in the same way with a fixed set of decoy proteins
 (phantoms made with a fixed seed at the library's sampling, never part of any library). From the
@@ -29,8 +31,8 @@ import torch
 
 from .correlate import ncc_search
 from .errors import CryolensError, InputError
-from .images import resample_images, soft_circular_mask
-from .index import EmbeddingIndex
+from .images import normalize_in_mask, resample_images, soft_circular_mask
+from .index import EmbeddingIndex, group_max
 from .library import Library
 
 MODES = ("embedding", "correlation", "combined")
@@ -173,10 +175,7 @@ def prepare_queries(images, pixel_size: float | None, library: Library) -> torch
     if pixel_size is None or not pixel_size > 0:
         raise CryolensError("the class averages have no pixel size: give --pixel_size")
     x = resample_images(x, float(pixel_size), library.pixel_size, library.box)
-    mask = soft_circular_mask(library.box, 0.45 * library.box, max(2.0, 0.05 * library.box))
-    inside = mask > 0.5
-    x = x - x[:, inside].mean(-1)[:, None, None]
-    return x / x[:, inside].std(-1).clamp_min(1e-12)[:, None, None] * mask
+    return normalize_in_mask(x, soft_circular_mask(library.box, 0.45 * library.box, max(2.0, 0.05 * library.box)))
 
 
 # ---------------------------------------------------------------------------------------- scoring
@@ -193,17 +192,6 @@ class EntryScores:
     refs: np.ndarray | None = None  # (Q, R) per-reference scores, when asked for (kNN metrics)
 
 
-def _group_max(values: np.ndarray, groups: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Max over columns of each group and the column achieving it: (Q, n), (Q, n)."""
-    v = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-    g = torch.from_numpy(np.array(groups, dtype=np.int64)).expand(v.shape[0], -1)
-    best = torch.full((v.shape[0], n), float("-inf")).scatter_reduce(1, g, v, "amax")
-    col = torch.arange(v.shape[1]).expand_as(v)
-    arg = torch.full((v.shape[0], n), v.shape[1]).scatter_reduce(
-        1, g, torch.where(v == best.gather(1, g), col, v.shape[1]), "amin")
-    return best.numpy(), arg.masked_fill(arg == v.shape[1], -1).numpy()
-
-
 def _ncc_groups(q: torch.Tensor, refs: np.ndarray, groups: np.ndarray, n: int, library: Library,
                 n_psi: int, keep: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     m = ncc_search(q, torch.from_numpy(refs.astype(np.float32)), n_psi=n_psi,
@@ -211,7 +199,8 @@ def _ncc_groups(q: torch.Tensor, refs: np.ndarray, groups: np.ndarray, n: int, l
                    max_freq=min(0.5, library.pixel_size / library.resolution_A))
     if keep is not None:
         keep.append(m.score)
-    best, arg = _group_max(m.score, groups, n)
+    best, arg = (t.numpy() for t in group_max(torch.from_numpy(np.ascontiguousarray(m.score, np.float32)),
+                                              torch.from_numpy(np.asarray(groups, np.int64)), n))
     psi = np.where(arg >= 0, np.take_along_axis(m.psi, np.maximum(arg, 0), 1), np.nan)
     return best, arg, psi
 
@@ -254,7 +243,9 @@ def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined
         s = np.full((Q, E), -np.inf, np.float32)
         arg = np.full((Q, E), -1, np.int64)
         psi = np.full((Q, E), np.nan)
-        top = np.argsort(-emb_s, 1, kind="stable")[:, :max(1, min(shortlist, E))]
+        top = shortlist_entries(emb_s, emb_d, shortlist, (model.meta or {}).get("shortlist_z"))
+        if log:
+            log(f"combined: NCC on {np.mean([len(t) for t in top]):.1f} of {E} entries per class (mean)")
         for i in range(Q):
             if should_stop is not None and should_stop():
                 from .errors import JobAborted
@@ -269,6 +260,25 @@ def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined
             s[i, keep], arg[i, keep], psi[i, keep] = b[0, keep], rows[a[0, keep]], p[0, keep]
     d = _ncc_groups(queries, decoys.references, dent, len(decoys), decoys, n_psi)[0]
     return EntryScores(s, arg, psi, d, full)
+
+
+def shortlist_entries(emb_scores: np.ndarray, emb_decoy: np.ndarray, at_least: int,
+                      z_min: float | None) -> list[np.ndarray]:
+    """Entries passed from the embedding to NCC, per class: the ``at_least`` best, and every entry
+    whose embedding score stands ``z_min`` decoy standard deviations above the decoys' mean.
+    ``z_min`` is calibrated with the model (the 1st percentile of the true entry's z on held-out
+    proteins), so the true entry is kept however many entries the library has; a class the
+    embedding cannot place gets a long list rather than a wrong short one."""
+    E = emb_scores.shape[1]
+    order = np.argsort(-emb_scores, 1, kind="stable")
+    out = []
+    for i in range(len(emb_scores)):
+        n = max(1, min(at_least, E))
+        if z_min is not None:
+            z = (emb_scores[i] - emb_decoy[i].mean()) / (emb_decoy[i].std() + 1e-3)
+            n = max(n, int((z >= z_min).sum()))
+        out.append(order[i, :n])
+    return out
 
 
 def confidence_features(es: EntryScores) -> np.ndarray:

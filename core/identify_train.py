@@ -34,8 +34,8 @@ import torch
 from .geometry import euler_to_matrix
 from .images import resample_images
 from .identify import (MODES, IdentityModel, calibrated_confidence, confidence_features, fit_calibration,
-                       prepare_queries, score_entries)
-from .library import Library, render_references
+                       prepare_queries, score_entries, shortlist_entries)
+from .library import Library
 from .projector import Projector
 from .simulate.classes import class_average_like
 
@@ -137,9 +137,9 @@ class MixedSource:
     """Stage II: half real groups (a real class + its best references), half stage-I groups."""
 
     def __init__(self, synthetic: StageOneSource, real: torch.Tensor, real_labels: np.ndarray,
-                 partners: np.ndarray, references: np.ndarray, pixel_size: float, groups: int, seed: int):
+                 partners: np.ndarray, references: np.ndarray, groups: int, seed: int):
         self.syn, self.real, self.labels = synthetic, real, np.asarray(real_labels)
-        self.partners, self.refs, self.pixel_size = partners, references, pixel_size
+        self.partners, self.refs = partners, references
         self.groups, self.seed = groups, seed
         self.by_identity = {k: np.flatnonzero(self.labels == k) for k in np.unique(self.labels)}
 
@@ -201,20 +201,40 @@ def calibrate(model: IdentityModel, known, unknown, cfg: RecipeConfig, log: Call
     q = prepare_queries(images, cfg.pixel_size, lib)
     names = lib.entries["name"].astype(str).to_numpy()
     report: dict[str, Any] = {"n_known": int(len(qk)), "n_unknown": int(len(qu)), "library_entries": len(lib)}
+    es_emb = None
     for mode in modes:
         t = time.perf_counter()
         es = score_entries(q, lib, mode, model)
         f = confidence_features(es)
         top1 = names[np.argmax(np.where(np.isfinite(es.scores), es.scores, -np.inf), 1)]
         correct = top1 == truth
+        if mode == "embedding":  # how far down the true entry can sit: the combined mode's shortlist
+            model.meta["shortlist_z"] = shortlist_z(es, names, truth)
+            report["shortlist_z"] = model.meta["shortlist_z"]
         model.calibration[mode] = fit_calibration(f, correct)
         conf = calibrated_confidence(f, model.calibration[mode])
         report[mode] = {"top1_known": float(correct[: len(qk)].mean()), "seconds": time.perf_counter() - t,
                         "mean_confidence_known": float(conf[: len(qk)].mean()),
                         "mean_confidence_unknown": float(conf[len(qk):].mean())}
+        if mode == "combined" and es_emb is not None:
+            kept = [names[i] for i in shortlist_entries(es_emb.scores, es_emb.decoy, 10, model.meta.get("shortlist_z"))]
+            hits = [tr in k for tr, k in zip(truth, kept) if tr != ""]
+            report[mode]["shortlist_recall"] = float(np.mean(hits))
+            report[mode]["shortlist_mean_length"] = float(np.mean([len(k) for k in kept]))
+        if mode == "embedding":
+            es_emb = es
         log(f"calibration {mode}: top-1 on known {report[mode]['top1_known']:.3f}, mean confidence "
             f"known {report[mode]['mean_confidence_known']:.2f} / unknown {report[mode]['mean_confidence_unknown']:.2f}")
     return report
+
+
+def shortlist_z(es, names: np.ndarray, truth: np.ndarray, quantile: float = 0.01) -> float:
+    """The ``quantile`` of the true entry's embedding z-score against the decoys over the classes
+    whose truth names an entry (``truth`` per row of ``es``; others are skipped)."""
+    rows = np.flatnonzero(np.isin(truth, names))
+    col = np.array([int(np.flatnonzero(names == truth[i])[0]) for i in rows])
+    z = (es.scores[rows, col] - es.decoy[rows].mean(1)) / (es.decoy[rows].std(1) + 1e-3)
+    return float(np.quantile(z, quantile))
 
 
 # ---------------------------------------------------------------------------------------- recipe
@@ -238,7 +258,7 @@ def _validation(val, cfg: RecipeConfig, seed: int):
 
 def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: tuple | None = None,
                    log: Callable[[str], None] = print, should_stop: Callable[[], bool] | None = None,
-                   phantoms: list | None = None) -> tuple[IdentityModel, dict[str, Any]]:
+                   phantoms: list | None = None, calibrate_only: bool = False) -> tuple[IdentityModel, dict[str, Any]]:
     """Run the recipe. ``real``: (images (N, b, b) at ``real_pixel_size``, labels (entry names),
     Library, real_pixel_size) for stage II; ``init``: start from this model (stage II only on
     top of a stage-I model, as the seed does). Returns the model and a report."""
@@ -256,6 +276,14 @@ def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: t
     val_ph = phantoms[cfg.n_proteins: cfg.n_proteins + cfg.n_val]
     unk_ph = phantoms[cfg.n_proteins + cfg.n_val: n_total]
     report["phantoms_seconds"] = time.perf_counter() - t0
+    if calibrate_only:  # a new calibration of ``init`` on the recipe's held-out proteins
+        if init is None:
+            raise ValueError("calibrate_only needs an initial model")
+        model = IdentityModel(init.encoder, {}, dict(init.meta))
+        report["calibration"] = calibrate(model, val_ph, unk_ph, cfg, log)
+        report["total_seconds"] = time.perf_counter() - t0
+        model.meta.setdefault("stages", []).append({"stage": "calibration", "config": report["config"]})
+        return model, report
     data = build_view_clusters([p.density for p in train_ph], [p.name for p in train_ph], cfg.n_clusters,
                                cfg.per_cluster, cfg.cluster_spread_deg, cfg.pixel_size, seed=cfg.seed + 1)
     validation = _validation(val_ph, cfg, cfg.seed + 2)
@@ -273,7 +301,7 @@ def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: t
         refs = resample_images(torch.from_numpy(lib.references.astype(np.float32)), lib.pixel_size,
                                cfg.pixel_size, cfg.box).numpy()
         q = resample_images(q, lib.pixel_size, cfg.pixel_size, cfg.box)
-        source = MixedSource(source, q, np.asarray(labels), partners, refs, cfg.pixel_size, cfg.groups, cfg.seed + 4)
+        source = MixedSource(source, q, np.asarray(labels), partners, refs, cfg.groups, cfg.seed + 4)
     stage = "II (mixed synthetic/real)" if real is not None else "I (synthetic)"
     log(f"stage {stage}: {cfg.steps} steps of {cfg.groups} x {cfg.per_group} images, {cfg.encoder}")
 

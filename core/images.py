@@ -282,6 +282,16 @@ def apply_soft_mask(images: torch.Tensor, radius_px: float, width_px: float = 5.
     return images * m + bg * w
 
 
+def normalize_in_mask(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero mean and unit variance inside ``mask`` > 0.5, then multiplied by ``mask`` ((b, b) or
+    one per image): how class averages and library references are put on one footing."""
+    inside = (mask > 0.5).to(images.dtype).expand_as(images)
+    n = inside.sum((-2, -1)).clamp_min(1.0)
+    x = images - ((images * inside).sum((-2, -1)) / n)[..., None, None]
+    sd = torch.sqrt(((x * inside) ** 2).sum((-2, -1)) / n).clamp_min(1e-12)
+    return x / sd[..., None, None] * mask
+
+
 # -- normalisation ---------------------------------------------------------------------------
 def default_background_radius(box: int) -> int:
     """RELION's default: a background circle of 75% of the box diameter, radius ROUND(0.375 box)."""

@@ -43,6 +43,20 @@ def _as_metadata(meta: Any, n: int) -> pd.DataFrame:
     return df
 
 
+def group_max(scores: torch.Tensor, groups: torch.Tensor, n_groups: int, offset: int = 0):
+    """Max of each row of ``scores`` (Q, N) within each group of columns (``groups`` (N,) ids
+    0..n_groups-1) and the column giving it, first on ties, plus ``offset``: ((Q, G), (Q, G));
+    -inf and -1 for empty groups."""
+    q, n = scores.shape
+    g = groups.to(scores.device).expand(q, -1)
+    best = torch.full((q, n_groups), float("-inf"), device=scores.device).scatter_reduce(1, g, scores, "amax")
+    col = torch.arange(offset, offset + n, device=scores.device).expand_as(scores)
+    none = offset + n
+    pos = torch.where(scores == best.gather(1, g), col, torch.full_like(col, none))
+    arg = torch.full((q, n_groups), none, dtype=torch.long, device=scores.device).scatter_reduce(1, g, pos, "amin")
+    return best, arg.masked_fill(arg == none, -1)
+
+
 class EmbeddingIndex:
     def __init__(self, dim: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                  chunk_size: int = 65536):
@@ -153,14 +167,7 @@ class EmbeddingIndex:
             b = torch.full((q.shape[0], G), float("-inf"), device=self.device)
             a = torch.full((q.shape[0], G), -1, dtype=torch.long, device=self.device)
             for ls in range(0, nl, lc):
-                s = q @ lib[ls:ls + lc].float().T
-                g = grp[ls:ls + lc].expand(q.shape[0], -1)
-                m = torch.full_like(b, float("-inf")).scatter_reduce(1, g, s, "amax")
-                # the entry achieving the chunk's group max (first one on ties)
-                hit = s == m.gather(1, g)
-                pos = torch.where(hit, torch.arange(ls, ls + s.shape[1], device=self.device).expand_as(s),
-                                  torch.full_like(g, nl))
-                ai = torch.full_like(a, nl).scatter_reduce(1, g, pos, "amin")
+                m, ai = group_max(q @ lib[ls:ls + lc].float().T, grp[ls:ls + lc], G, offset=ls)
                 better = m > b
                 b = torch.where(better, m, b)
                 a = torch.where(better, ai, a)

@@ -26,7 +26,7 @@ import torch
 from .atomic import atomic_path
 from .errors import InputError
 from .geometry import euler_to_matrix
-from .images import lowpass, soft_circular_mask
+from .images import lowpass, normalize_in_mask, soft_circular_mask
 from .projector import Projector
 
 FORMAT, VERSION = "cryolens-library", 2
@@ -49,10 +49,7 @@ def render_references(volume: np.ndarray, pixel_size: float, n_views: int = 200,
     proj = Projector(volume, device=device).project(torch.as_tensor(euler_to_matrix(angles), dtype=torch.float32))
     proj = lowpass(proj, pixel_size, max(resolution_A, 2.05 * pixel_size))
     r = 0.45 * box if mask_radius_px is None else mask_radius_px
-    mask = soft_circular_mask(box, r, max(2.0, 0.05 * box), device=proj.device)
-    inside = mask > 0.5
-    proj = proj - proj[:, inside].mean(-1)[:, None, None]
-    proj = proj / proj[:, inside].std(-1).clamp_min(1e-12)[:, None, None] * mask
+    proj = normalize_in_mask(proj, soft_circular_mask(box, r, max(2.0, 0.05 * box), device=proj.device))
     return proj.cpu().numpy().astype(np.float32), angles
 
 

@@ -54,6 +54,9 @@ def add_train_parser(tsub, common=lambda leaf: None) -> argparse.ArgumentParser:
     p.add_argument("--labels", help="stage II: CSV with columns class (1-based), identity (library entry name)")
     p.add_argument("--library", help="stage II: the library the labels name")
     p.add_argument("--real-pixel-size", type=float, help="pixel size of --real-classes if its header lacks it")
+    p.add_argument("--calibrate-only", action="store_true",
+                   help="no training: calibrate --init's confidence and shortlist again on the held-out proteins "
+                        "of --proteins/--seed (give the values it was trained with)")
     p.add_argument("--report", help="write the training report (JSON) here")
     common(p)
     return p
@@ -146,6 +149,8 @@ def run_train(args) -> int:
                        lr=args.lr, val_every=args.val_every, seed=args.seed, device=str(args.device),
                        checkpoint_dir=args.checkpoint_dir, in_size=args.in_size)
     init = IdentityModel.load(args.init) if args.init else None
+    if args.calibrate_only and init is None:
+        raise CryolensError("--calibrate-only needs --init (the model to calibrate)")
     real = None
     if args.real_classes or args.labels or args.library:
         if not (args.real_classes and args.labels and args.library):
@@ -163,10 +168,11 @@ def run_train(args) -> int:
         px = args.real_pixel_size or cs.pixel_size
         real = (cs.images[rows], lab["identity"].astype(str).to_numpy(), Library.load(args.library), px)
         print(f"stage II: {len(rows)} labelled real classes of {len(np.unique(real[1]))} identities")
-    model, report = train_identity(cfg, init=init, real=real)
+    model, report = train_identity(cfg, init=init, real=real, calibrate_only=args.calibrate_only)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: only rank 0 writes
         return 0
-    model.meta["command"] = "cryolens " + " ".join(getattr(args, "argv", []))
+    command = "cryolens " + " ".join(getattr(args, "argv", []))
+    model.meta["calibration_command" if args.calibrate_only else "command"] = command
     model.save(args.out)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB) in {report['total_seconds']:.0f} s")
     if args.report:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cryolens.core.identify import IdentityModel, embed_library, identify
+from cryolens.core.identify import IdentityModel, embed_library, identify, shortlist_entries
 from cryolens.core.identify_train import RecipeConfig, simulated_queries, train_identity
 from cryolens.core.library import Library
 from cryolens.core.mrc import write_stack
@@ -54,9 +54,24 @@ def test_shipped_model_is_small_calibrated_and_documented(shipped):
     path = default_weights("identify")
     assert path.stat().st_size < 3_000_000
     assert set(shipped.calibration) == {"embedding", "correlation", "combined"}
+    assert np.isfinite(shipped.meta["shortlist_z"])
     assert shipped.meta.get("command", "").startswith("cryolens train identify")
     card = (REPO / "docs" / "models" / "identify.md").read_text()
     assert shipped.meta["command"] in card
+    assert shipped.meta.get("calibration_command", "") in card
+
+
+def test_combined_shortlist_keeps_every_entry_above_the_calibrated_bar():
+    rng = np.random.default_rng(0)
+    decoy = rng.normal(0.0, 0.1, (3, 16))
+    decoy -= decoy.mean(1, keepdims=True)
+    decoy /= decoy.std(1, keepdims=True) / 0.1  # mean 0, sd 0.1 per class
+    scores = np.array([[0.9, 0.5, 0.25, 0.1, -0.2],   # three entries clear z 2 (score 0.2)
+                       [0.1, 0.0, -0.1, 0.05, 0.15],  # none does: the best `at_least`
+                       [0.3, 0.3, 0.3, 0.3, 0.3]])   # all of them
+    got = shortlist_entries(scores, decoy, 2, 2.0)
+    assert [sorted(g.tolist()) for g in got] == [[0, 1, 2], [0, 4], [0, 1, 2, 3, 4]]
+    assert [g.tolist() for g in shortlist_entries(scores, decoy, 2, None)] == [[0, 1], [4, 0], [0, 1]]
 
 
 def test_library_embeddings_are_stored_and_only_new_maps_are_embedded(library, proteins, shipped, tmp_path):
@@ -122,6 +137,19 @@ def test_recipe_is_deterministic_on_cpu():
     assert a.calibration == b.calibration and set(a.calibration) == {"embedding", "correlation", "combined"}
     c, _ = train_identity(tiny_config(seed=6), phantoms=ph, log=lambda s: None)
     assert not all(torch.equal(sa[k], c.encoder.state_dict()[k]) for k in sa)
+
+
+def test_calibrate_only_refits_confidence_and_shortlist_without_touching_weights(shipped):
+    ph = phantom_library(11, seed=9, box=32, pixel_size=6.0)
+    before = {k: v.clone() for k, v in shipped.encoder.state_dict().items()}
+    init = IdentityModel(shipped.encoder, {}, {"stages": [{"stage": "I"}]})
+    model, report = train_identity(tiny_config(), init=init, phantoms=ph, calibrate_only=True, log=lambda s: None)
+    assert all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
+    assert set(model.calibration) == {"embedding", "correlation", "combined"}
+    assert model.meta["shortlist_z"] == report["calibration"]["shortlist_z"]
+    assert [s["stage"] for s in model.meta["stages"]] == ["I", "calibration"]
+    assert 0.0 <= report["calibration"]["combined"]["shortlist_recall"] <= 1.0
+    assert "train" not in report
 
 
 def test_stage_two_fine_tunes_on_labelled_real_classes(library, proteins, shipped, tmp_path):

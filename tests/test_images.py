@@ -306,3 +306,18 @@ def test_ops_are_differentiable():
            + images.lowpass(x, 1.0, 4.0).sum() + images.apply_soft_mask(x, 10, 3, fill="background").sum())
     out.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_normalize_in_mask_gives_zero_mean_unit_variance_inside_and_zero_outside():
+    from cryolens.core.images import normalize_in_mask, soft_circular_mask
+
+    x = torch.randn(3, 32, 32) * 5 + 7
+    m = soft_circular_mask(32, 12, 3)
+    y = normalize_in_mask(x, m)
+    inside = m > 0.5
+    z = normalize_in_mask(x, (m > 0.5).float())  # a hard mask: exactly standardised inside
+    assert torch.allclose(z[:, inside].mean(1), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(z[:, inside].std(1, unbiased=False), torch.ones(3), atol=1e-5)
+    assert (y[:, m == 0] == 0).all()
+    per_image = normalize_in_mask(x, m.expand(3, -1, -1))  # one mask per image
+    assert torch.allclose(per_image, y)

@@ -118,7 +118,8 @@ SPEC = register(JobSpec(
                                        "(embedding shortlist, NCC re-ranking)",
               choices=("embedding", "correlation", "combined")),
         Param("top_k", int, 5, "matches listed per class", min=1, max=100),
-        Param("shortlist", int, 10, "combined mode: entries the embedding passes to NCC", min=1, max=1000),
+        Param("shortlist", int, 10, "combined mode: at least this many entries go from the embedding to NCC "
+                                    "(more when the model's calibrated bar lets more through)", min=1, max=100000),
         Param("min_confidence", float, 0.5, "below this calibrated confidence a class is 'unknown'", min=0, max=1),
         Param("pixel_size", float, None, "pixel size of the class averages in A (when their file has none)", min=0.01),
         Param("gallery", bool, True, "draw each class beside its best reference projection"),

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..images import apply_soft_mask, lowpass, radial_frequency_grid, radius_grid, soft_circular_mask
+from ..images import apply_soft_mask, lowpass, normalize_in_mask, radial_frequency_grid, radius_grid, soft_circular_mask
 from ..particles import ClassSet, ParticleSet
 from .junk import CLASS_JUNK_TYPES as CLASS_JUNK, apply_class_junk
 from .particles import ParticleSimulator
@@ -263,8 +263,4 @@ def class_average_like(proj: torch.Tensor, pixel_size: float, generator: torch.G
     env = torch.exp(-u(bfactor).to(dev)[:, None, None] * f ** 2 / 4)
     x = torch.fft.irfft2(torch.fft.rfft2(x) * lp * env, s=(b, b))
     mask = torch.stack([soft_circular_mask(b, float(r), max(2.0, 0.05 * b), device=dev) for r in r0])
-    m_in = mask > 0.5
-    mean = (x * m_in).sum((-2, -1)) / m_in.sum((-2, -1))
-    x = x - mean[:, None, None]
-    std = torch.sqrt(((x * m_in) ** 2).sum((-2, -1)) / m_in.sum((-2, -1))).clamp_min(1e-12)
-    return (x / std[:, None, None] * mask).to(torch.float32)
+    return normalize_in_mask(x, mask).to(torch.float32)
