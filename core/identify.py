@@ -200,7 +200,7 @@ def _ncc_groups(q: torch.Tensor, refs: np.ndarray, groups: np.ndarray, n: int, l
     if keep is not None:
         keep.append(m.score)
     best, arg = (t.numpy() for t in group_max(torch.from_numpy(np.ascontiguousarray(m.score, np.float32)),
-                                              torch.from_numpy(np.asarray(groups, np.int64)), n))
+                                              torch.from_numpy(np.array(groups, np.int64)), n))
     psi = np.where(arg >= 0, np.take_along_axis(m.psi, np.maximum(arg, 0), 1), np.nan)
     return best, arg, psi
 
