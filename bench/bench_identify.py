@@ -97,8 +97,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     from cryolens.core.identify import (IdentityModel, calibrated_confidence, confidence_features, embed_library,
-                                        prepare_queries, score_entries, shortlist_entries)
-    from cryolens.core.identify_train import RecipeConfig, simulated_queries, train_identity
+                                        prepare_queries, score_entries)
+    from cryolens.core.identify_train import RecipeConfig, shortlist_figures, simulated_queries, train_identity
     from cryolens.core.library import Library
     from cryolens.core.nn import encoder_from_config
     from cryolens.core.simulate.proteins import from_map, phantom_library
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
         truth = np.concatenate([nk, np.full(len(qu), "")])
         known = truth != ""
         q = prepare_queries(images, px, lib)
-        res, emb = {}, {}
+        res = {}
         for label, model, mode in runs:
             t = time.perf_counter()
             es = score_entries(q, lib, mode, model, keep_refs=True)
@@ -196,13 +196,9 @@ def main(argv=None) -> int:
                     k2 = known[sel | ~known]
                     r[tag] = metrics(es_sel, names, truth[sel | ~known], ent, conf[sel | ~known], k2)
             res[label] = r
-            if mode == "embedding":
-                emb[label] = es
-            elif mode == "combined":  # what the embedding passed to NCC
-                e = emb["two_stage" if label.startswith("two_stage") else "synthetic_only"]
-                kept = shortlist_entries(e.scores, e.decoy, 10, model.meta.get("shortlist_z"))
-                r["shortlist_mean_entries"] = float(np.mean([len(k) for k in kept]))
-                r["shortlist_recall"] = float(np.mean([t in set(names[k]) for t, k, kn in zip(truth, kept, known) if kn]))
+            if mode == "combined":  # what the embedding passed to NCC
+                sf = shortlist_figures(es, names, truth)
+                r["shortlist_mean_entries"], r["shortlist_recall"] = sf["shortlist_mean_length"], sf["shortlist_recall"]
             log(f"{set_name:15s} {label:20s} R@1 {r['R@1']:.3f} R@5 {r['R@5']:.3f} kNN {r['kNN@5']:.3f} "
                 f"MRR {r['MRR']:.3f} AUROC {r['open_set_AUROC']:.3f} ({dt:.1f} s)"
                 + (f" shortlist {r['shortlist_mean_entries']:.1f} entries, recall {r['shortlist_recall']:.3f}"

@@ -38,6 +38,7 @@ from .library import Library
 MODES = ("embedding", "correlation", "combined")
 TASK = "identify"
 N_DECOYS, DECOY_SEED, DECOY_VIEWS = 16, 90_210_417, 48
+SHORTLIST = 10  # combined mode: entries passed to NCC at least
 FEATURES = ("top_score", "decoy_z", "margin")
 
 
@@ -206,7 +207,7 @@ def _ncc_groups(q: torch.Tensor, refs: np.ndarray, groups: np.ndarray, n: int, l
 
 
 def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined",
-                  model: IdentityModel | None = None, shortlist: int = 10, n_psi: int = 36,
+                  model: IdentityModel | None = None, shortlist: int = SHORTLIST, n_psi: int = 36,
                   log: Callable[[str], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, keep_refs: bool = False) -> EntryScores:
     """Score prepared queries (``prepare_queries``) against every entry, and against the decoys.
@@ -323,7 +324,7 @@ def fit_calibration(features: np.ndarray, correct: np.ndarray, l2: float = 1e-3)
 
 
 def identify(images, pixel_size: float | None, library: Library, model: IdentityModel | None,
-             mode: str = "combined", top_k: int = 5, shortlist: int = 10, min_confidence: float = 0.5,
+             mode: str = "combined", top_k: int = 5, shortlist: int = SHORTLIST, min_confidence: float = 0.5,
              log: Callable[[str], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> tuple[pd.DataFrame, EntryScores, torch.Tensor]:
     """Per class: the top-k entries with scores, the calibrated confidence of the first, and the

@@ -34,7 +34,7 @@ import torch
 from .geometry import euler_to_matrix
 from .images import resample_images
 from .identify import (MODES, IdentityModel, calibrated_confidence, confidence_features, fit_calibration,
-                       prepare_queries, score_entries, shortlist_entries)
+                       prepare_queries, score_entries)
 from .library import Library
 from .projector import Projector
 from .simulate.classes import class_average_like
@@ -201,7 +201,6 @@ def calibrate(model: IdentityModel, known, unknown, cfg: RecipeConfig, log: Call
     q = prepare_queries(images, cfg.pixel_size, lib)
     names = lib.entries["name"].astype(str).to_numpy()
     report: dict[str, Any] = {"n_known": int(len(qk)), "n_unknown": int(len(qu)), "library_entries": len(lib)}
-    es_emb = None
     for mode in modes:
         t = time.perf_counter()
         es = score_entries(q, lib, mode, model)
@@ -216,23 +215,32 @@ def calibrate(model: IdentityModel, known, unknown, cfg: RecipeConfig, log: Call
         report[mode] = {"top1_known": float(correct[: len(qk)].mean()), "seconds": time.perf_counter() - t,
                         "mean_confidence_known": float(conf[: len(qk)].mean()),
                         "mean_confidence_unknown": float(conf[len(qk):].mean())}
-        if mode == "combined" and es_emb is not None:
-            kept = [names[i] for i in shortlist_entries(es_emb.scores, es_emb.decoy, 10, model.meta.get("shortlist_z"))]
-            hits = [tr in k for tr, k in zip(truth, kept) if tr != ""]
-            report[mode]["shortlist_recall"] = float(np.mean(hits))
-            report[mode]["shortlist_mean_length"] = float(np.mean([len(k) for k in kept]))
-        if mode == "embedding":
-            es_emb = es
+        if mode == "combined":
+            report[mode].update(shortlist_figures(es, names, truth))
         log(f"calibration {mode}: top-1 on known {report[mode]['top1_known']:.3f}, mean confidence "
             f"known {report[mode]['mean_confidence_known']:.2f} / unknown {report[mode]['mean_confidence_unknown']:.2f}")
     return report
 
 
+def _true_entries(names: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose truth names a library entry, and that entry's column."""
+    rows = np.flatnonzero(np.isin(truth, names))
+    return rows, np.array([int(np.flatnonzero(names == truth[i])[0]) for i in rows], np.int64)
+
+
+def shortlist_figures(es, names: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Of a combined-mode scoring (entries off the shortlist are -inf): the mean shortlist length,
+    and how often it held the true entry (classes whose truth names an entry)."""
+    searched = np.isfinite(es.scores)
+    rows, col = _true_entries(names, truth)
+    return {"shortlist_mean_length": float(searched.sum(1).mean()),
+            "shortlist_recall": float(searched[rows, col].mean()) if len(rows) else float("nan")}
+
+
 def shortlist_z(es, names: np.ndarray, truth: np.ndarray, quantile: float = 0.01) -> float:
     """The ``quantile`` of the true entry's embedding z-score against the decoys over the classes
     whose truth names an entry (``truth`` per row of ``es``; others are skipped)."""
-    rows = np.flatnonzero(np.isin(truth, names))
-    col = np.array([int(np.flatnonzero(names == truth[i])[0]) for i in rows])
+    rows, col = _true_entries(names, truth)
     z = (es.scores[rows, col] - es.decoy[rows].mean(1)) / (es.decoy[rows].std(1) + 1e-3)
     return float(np.quantile(z, quantile))
 

@@ -253,9 +253,10 @@ def radial_frequency_grid(box: int, rfft: bool = True, pixel_size: float | None 
     return torch.sqrt(ky * ky + kx * kx)
 
 
-def _raised_cosine(x: torch.Tensor, start: float, width: float) -> torch.Tensor:
-    """1 for x <= start, 0 for x >= start + width, a cosine fall-off between (a step if width <= 0)."""
-    if width <= 0:
+def _raised_cosine(x: torch.Tensor, start, width) -> torch.Tensor:
+    """1 for x <= start, 0 for x >= start + width, a cosine fall-off between (a step if width <= 0);
+    ``start`` and ``width`` numbers or tensors that broadcast against ``x`` (widths then > 0)."""
+    if not torch.is_tensor(width) and width <= 0:
         return (x <= start).to(x.dtype)
     t = ((x - start) / width).clamp(0.0, 1.0)
     return 0.5 * (1.0 + torch.cos(math.pi * t))
@@ -416,12 +417,20 @@ def lowpass(images: torch.Tensor, pixel_size: float, resolution_A: float,
     ``width_A`` defaults to two Fourier shells (RELION's default edge is 2 shells too, but
     centred on the cutoff, so RELION lets a little through beyond it).
     """
-    box = images.shape[-1]
-    f = radial_frequency_grid(box, True, pixel_size, images.device, images.real.dtype)
+    filt = lowpass_filter(images.shape[-1], pixel_size, resolution_A, width_A, images.device, images.real.dtype)
+    return torch.fft.irfft2(torch.fft.rfft2(images) * filt, s=images.shape[-2:])
+
+
+def lowpass_filter(box: int, pixel_size: float, resolution_A, width_A: float | None = None, device=None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``lowpass``'s rfft2 filter, (box, box//2+1); ``resolution_A`` a number, or one per image
+    ((N,) tensor: a (N, box, box//2+1) filter)."""
+    f = radial_frequency_grid(box, True, pixel_size, device, dtype)
+    if torch.is_tensor(resolution_A):
+        resolution_A = resolution_A.to(device, dtype)[:, None, None]
     fc = 1.0 / resolution_A
     w = 2.0 / (box * pixel_size) if width_A is None else fc - 1.0 / (resolution_A + width_A)
-    filt = _raised_cosine(f, fc - w, w) * (f < fc)
-    return torch.fft.irfft2(torch.fft.rfft2(images) * filt, s=images.shape[-2:])
+    return _raised_cosine(f, fc - w, w) * (f < fc)
 
 
 def phase_flip(images: torch.Tensor, ctf_rfft: torch.Tensor) -> torch.Tensor:

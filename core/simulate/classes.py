@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..images import apply_soft_mask, lowpass, normalize_in_mask, radial_frequency_grid, radius_grid, soft_circular_mask
+from ..images import apply_soft_mask, lowpass, lowpass_filter, normalize_in_mask, radial_frequency_grid, radius_grid, soft_circular_mask
 from ..particles import ClassSet, ParticleSet
 from .junk import CLASS_JUNK_TYPES as CLASS_JUNK, apply_class_junk
 from .particles import ParticleSimulator
@@ -257,9 +257,7 @@ def class_average_like(proj: torch.Tensor, pixel_size: float, generator: torch.G
     sig = torch.stack([x[i][inside[i]].std() for i in range(n)]).clamp_min(1e-12)
     x = x + torch.randn(x.shape, generator=g).to(dev) * (sig / u(snr, log=True).to(dev).sqrt())[:, None, None]
     f = radial_frequency_grid(b, True, pixel_size, dev)[None]  # 1/A
-    res = u(resolution_A, log=True).clamp_min(2.05 * pixel_size).to(dev)[:, None, None]
-    width = 2.0 / (b * pixel_size)
-    lp = ((f < 1 / res).float() * 0.5 * (1 + torch.cos(torch.pi * ((f - (1 / res - width)) / width).clamp(0, 1))))
+    lp = lowpass_filter(b, pixel_size, u(resolution_A, log=True).clamp_min(2.05 * pixel_size), device=dev)
     env = torch.exp(-u(bfactor).to(dev)[:, None, None] * f ** 2 / 4)
     x = torch.fft.irfft2(torch.fft.rfft2(x) * lp * env, s=(b, b))
     mask = torch.stack([soft_circular_mask(b, float(r), max(2.0, 0.05 * b), device=dev) for r in r0])
