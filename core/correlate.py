@@ -65,7 +65,8 @@ def _spectral_support(b: int, max_freq: float, device) -> tuple[torch.Tensor, to
 
 
 def ncc_search(queries: torch.Tensor, refs: torch.Tensor, n_psi: int = 36, max_shift_px: int = 4,
-               mask_radius_px: float | None = None, ref_chunk: int = 64, max_freq: float = 0.5) -> Match:
+               mask_radius_px: float | None = None, ref_chunk: int = 64, max_freq: float = 0.5,
+               need: torch.Tensor | None = None) -> Match:
     """Best normalised cross-correlation of every query against every reference (module doc).
 
     The correlation at the (2s+1)^2 shifts of the window is evaluated directly from the Fourier
@@ -73,6 +74,9 @@ def ncc_search(queries: torch.Tensor, refs: torch.Tensor, n_psi: int = 36, max_s
     cc[(query, angle), (reference, shift)] = Re sum_k conj(Q_k) R_k e^{2 pi i k.d / b} / b^2.
     ``max_freq`` (cycles/px, <= 0.5) keeps only the coefficients below it: class averages and
     references are low-passed anyway, and the search costs in proportion to what is kept.
+    ``need`` (Q, R) bool: only these pairs are wanted (e.g. each query's shortlist); a reference
+    chunk is searched only for the queries that need one of its references, and unwanted pairs
+    score -inf. The work then scales with the wanted pairs, in one batched pass.
     """
     queries = torch.as_tensor(queries, dtype=torch.float32)
     refs = torch.as_tensor(refs, dtype=torch.float32, device=queries.device)
@@ -93,17 +97,28 @@ def ncc_search(queries: torch.Tensor, refs: torch.Tensor, n_psi: int = 36, max_s
     shifts = torch.stack([dy.reshape(-1), dx.reshape(-1)], -1)  # (W, 2) as (dy, dx)
     E = torch.polar(weight[None, :] / b ** 2, 2 * torch.pi * (shifts @ freqs.T) / b)  # (W, S)
     W = E.shape[0]
+    if need is not None:
+        need = torch.as_tensor(need, dtype=torch.bool).cpu()
+        if need.shape != (Q, len(refs)):
+            raise ValueError(f"need must be (queries, references) = {(Q, len(refs))}, got {tuple(need.shape)}")
+    fq = fq.reshape(Q, K, -1)
     best = torch.full((Q, len(refs)), -2.0)
     best_k = torch.zeros((Q, len(refs)), dtype=torch.long)
     best_w = torch.zeros((Q, len(refs)), dtype=torch.long)
     for start in range(0, len(refs), ref_chunk):
-        fr = torch.fft.rfft2(_prepare(refs[start:start + ref_chunk], mask)).reshape(-1, b * (b // 2 + 1))[:, idx]
+        sl = slice(start, min(start + ref_chunk, len(refs)))
+        rows = torch.arange(Q) if need is None else torch.nonzero(need[:, sl].any(1)).squeeze(1)
+        if len(rows) == 0:
+            continue
+        fr = torch.fft.rfft2(_prepare(refs[sl], mask)).reshape(-1, b * (b // 2 + 1))[:, idx]
         G = (fr[:, None, :] * E[None]).reshape(-1, E.shape[1])  # (R W, S)
-        cc = (fq @ G.T).real.reshape(Q, K, fr.shape[0], W)
+        f = fq if need is None else fq[rows.to(dev)]
+        cc = (f.reshape(-1, f.shape[-1]) @ G.T).real.reshape(len(rows), K, fr.shape[0], W)
         val, pos = cc.max(-1)  # best shift per angle
         v, k = val.max(1)  # best angle
-        sl = slice(start, start + fr.shape[0])
-        best[:, sl], best_k[:, sl] = v.cpu(), k.cpu()
-        best_w[:, sl] = pos.gather(1, k[:, None]).squeeze(1).cpu()
+        best[rows, sl], best_k[rows, sl] = v.cpu(), k.cpu()
+        best_w[rows, sl] = pos.gather(1, k[:, None]).squeeze(1).cpu()
+    if need is not None:
+        best[~need] = -float("inf")
     sh = shifts.cpu().long()[best_w]  # (Q, R, 2) (dy, dx)
     return Match(best.numpy(), angles.cpu()[best_k].numpy(), sh.flip(-1).numpy())

@@ -194,16 +194,33 @@ class EntryScores:
 
 
 def _ncc_groups(q: torch.Tensor, refs: np.ndarray, groups: np.ndarray, n: int, library: Library,
-                n_psi: int, keep: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    m = ncc_search(q, torch.from_numpy(refs.astype(np.float32)), n_psi=n_psi,
-                   max_shift_px=max(2, int(round(0.05 * library.box))),
-                   max_freq=min(0.5, library.pixel_size / library.resolution_A))
+                n_psi: int, keep: list | None = None, need: np.ndarray | None = None,
+                should_stop: Callable[[], bool] | None = None,
+                block: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best NCC per (query, group) over the group's references, in blocks of ``block`` queries so
+    the (queries, references) work arrays stay bounded for large libraries. ``need`` (Q, R) bool:
+    only these pairs are searched (-inf elsewhere); ``keep`` receives the per-reference scores."""
+    refs_t = torch.from_numpy(np.ascontiguousarray(refs, np.float32))
+    groups_t = torch.from_numpy(np.array(groups, np.int64))
+    best, arg, psi, full = [], [], [], []
+    for start in range(0, len(q), block):
+        if should_stop is not None and should_stop():
+            from .errors import JobAborted
+
+            raise JobAborted()
+        sl = slice(start, start + block)
+        m = ncc_search(q[sl], refs_t, n_psi=n_psi, max_shift_px=max(2, int(round(0.05 * library.box))),
+                       max_freq=min(0.5, library.pixel_size / library.resolution_A),
+                       need=None if need is None else torch.from_numpy(need[sl]))
+        if keep is not None:
+            full.append(m.score)
+        b, a = (t.numpy() for t in group_max(torch.from_numpy(np.ascontiguousarray(m.score, np.float32)), groups_t, n))
+        best.append(b)
+        arg.append(a)
+        psi.append(np.where(a >= 0, np.take_along_axis(m.psi, np.maximum(a, 0), 1), np.nan))
     if keep is not None:
-        keep.append(m.score)
-    best, arg = (t.numpy() for t in group_max(torch.from_numpy(np.ascontiguousarray(m.score, np.float32)),
-                                              torch.from_numpy(np.array(groups, np.int64)), n))
-    psi = np.where(arg >= 0, np.take_along_axis(m.psi, np.maximum(arg, 0), 1), np.nan)
-    return best, arg, psi
+        keep.append(np.concatenate(full))
+    return np.concatenate(best), np.concatenate(arg), np.concatenate(psi)
 
 
 def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined",
@@ -234,52 +251,43 @@ def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined
             full = (q_emb @ torch.from_numpy(lib_emb.astype(np.float32)).T).numpy() if keep_refs else None
             return EntryScores(emb_s, emb_arg, np.full((Q, E), np.nan), emb_d, full)
     refs = library.references
-    full = np.full((Q, len(refs)), -np.inf, np.float32) if keep_refs else None
-    if mode == "correlation":
-        kept: list = []
-        s, arg, psi = _ncc_groups(queries, refs, ent, E, library, n_psi, kept if keep_refs else None)
-        if keep_refs:
-            full = kept[0]
-    else:  # combined: NCC on each class's shortlist only
-        s = np.full((Q, E), -np.inf, np.float32)
-        arg = np.full((Q, E), -1, np.int64)
-        psi = np.full((Q, E), np.nan)
+    need = None
+    if mode == "combined":  # NCC on each class's shortlist only, all classes in one batched pass
         top = shortlist_entries(emb_s, emb_d, shortlist, (model.meta or {}).get("shortlist_z"))
         if log:
             log(f"combined: NCC on {np.mean([len(t) for t in top]):.1f} of {E} entries per class (mean)")
-        for i in range(Q):
-            if should_stop is not None and should_stop():
-                from .errors import JobAborted
-
-                raise JobAborted()
-            rows = np.flatnonzero(np.isin(ent, top[i]))
-            kept = []
-            b, a, p = _ncc_groups(queries[i:i + 1], refs[rows], ent[rows], E, library, n_psi, kept)
-            if keep_refs:
-                full[i, rows] = kept[0][0]
-            keep = np.isfinite(b[0])
-            s[i, keep], arg[i, keep], psi[i, keep] = b[0, keep], rows[a[0, keep]], p[0, keep]
+        on_list = np.zeros((Q, E), bool)
+        for i, t in enumerate(top):
+            on_list[i, t] = True
+        need = on_list[:, ent]
+    kept: list = []
+    s, arg, psi = _ncc_groups(queries, refs, ent, E, library, n_psi, kept if keep_refs else None, need, should_stop)
+    full = kept[0] if keep_refs else None
     d = _ncc_groups(queries, decoys.references, dent, len(decoys), decoys, n_psi)[0]
     return EntryScores(s, arg, psi, d, full)
+
+
+def decoy_z(scores: np.ndarray, decoy: np.ndarray) -> np.ndarray:
+    """Scores (Q, ...) in standard deviations above the mean of each class's decoy scores (Q, D)."""
+    mu, sd = decoy.mean(1), decoy.std(1) + 1e-3
+    shape = (-1,) + (1,) * (np.ndim(scores) - 1)
+    return (scores - mu.reshape(shape)) / sd.reshape(shape)
 
 
 def shortlist_entries(emb_scores: np.ndarray, emb_decoy: np.ndarray, at_least: int,
                       z_min: float | None) -> list[np.ndarray]:
     """Entries passed from the embedding to NCC, per class: the ``at_least`` best, and every entry
     whose embedding score stands ``z_min`` decoy standard deviations above the decoys' mean.
-    ``z_min`` is calibrated with the model (the 1st percentile of the true entry's z on held-out
+    ``z_min`` is calibrated with the model (far in the tail of the true entry's z on held-out
     proteins), so the true entry is kept however many entries the library has; a class the
     embedding cannot place gets a long list rather than a wrong short one."""
     E = emb_scores.shape[1]
     order = np.argsort(-emb_scores, 1, kind="stable")
-    out = []
-    for i in range(len(emb_scores)):
-        n = max(1, min(at_least, E))
-        if z_min is not None:
-            z = (emb_scores[i] - emb_decoy[i].mean()) / (emb_decoy[i].std() + 1e-3)
-            n = max(n, int((z >= z_min).sum()))
-        out.append(order[i, :n])
-    return out
+    z = decoy_z(emb_scores, emb_decoy)
+    n = np.full(len(emb_scores), max(1, min(at_least, E)))
+    if z_min is not None:
+        n = np.maximum(n, (z >= z_min).sum(1))
+    return [order[i, :n[i]] for i in range(len(emb_scores))]
 
 
 def confidence_features(es: EntryScores) -> np.ndarray:
@@ -289,8 +297,7 @@ def confidence_features(es: EntryScores) -> np.ndarray:
     top = order[:, 0]
     second = order[:, 1] if s.shape[1] > 1 else np.full(len(s), -np.inf)
     comp = np.maximum(second, es.decoy.max(1))
-    mu, sd = es.decoy.mean(1), es.decoy.std(1) + 1e-3
-    return np.stack([top, (top - mu) / sd, top - comp], 1).astype(np.float64)
+    return np.stack([top, decoy_z(top, es.decoy), top - comp], 1).astype(np.float64)
 
 
 def calibrated_confidence(features: np.ndarray, weights) -> np.ndarray:

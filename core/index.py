@@ -46,13 +46,14 @@ def _as_metadata(meta: Any, n: int) -> pd.DataFrame:
 def group_max(scores: torch.Tensor, groups: torch.Tensor, n_groups: int, offset: int = 0):
     """Max of each row of ``scores`` (Q, N) within each group of columns (``groups`` (N,) ids
     0..n_groups-1) and the column giving it, first on ties, plus ``offset``: ((Q, G), (Q, G));
-    -inf and -1 for empty groups."""
+    -inf and -1 for empty groups and for groups whose columns are all -inf (not scored)."""
     q, n = scores.shape
     g = groups.to(scores.device).expand(q, -1)
     best = torch.full((q, n_groups), float("-inf"), device=scores.device).scatter_reduce(1, g, scores, "amax")
     col = torch.arange(offset, offset + n, device=scores.device).expand_as(scores)
     none = offset + n
-    pos = torch.where(scores == best.gather(1, g), col, torch.full_like(col, none))
+    hit = (scores == best.gather(1, g)) & (scores > float("-inf"))
+    pos = torch.where(hit, col, torch.full_like(col, none))
     arg = torch.full((q, n_groups), none, dtype=torch.long, device=scores.device).scatter_reduce(1, g, pos, "amin")
     return best, arg.masked_fill(arg == none, -1)
 

@@ -57,3 +57,21 @@ def test_chunking_does_not_change_the_answer(refs):
 def test_box_mismatch_is_refused(refs):
     with pytest.raises(ValueError, match="resample"):
         ncc_search(torch.zeros(1, 32, 32), refs)
+
+
+def test_need_searches_only_the_wanted_pairs(refs):
+    """The combined mode's batched shortlist search: wanted pairs score exactly as in the full
+    search, the rest -inf; a chunk no query wants is skipped."""
+    q = refs[[2, 9, 4]] + 0.3 * torch.randn((3, B, B), generator=torch.Generator().manual_seed(2))
+    full = ncc_search(q, refs, n_psi=12, max_shift_px=2, ref_chunk=4)
+    need = torch.zeros(3, len(refs), dtype=torch.bool)
+    need[0, [2, 3, 10]] = True
+    need[1, 9] = True  # the chunk of references 4-7 is wanted by query 2 only; 8-11 by 0 and 1
+    need[2, 4:8] = True
+    part = ncc_search(q, refs, n_psi=12, max_shift_px=2, ref_chunk=4, need=need)
+    n = need.numpy()
+    np.testing.assert_allclose(part.score[n], full.score[n], atol=1e-5)
+    np.testing.assert_array_equal(part.psi[n], full.psi[n])
+    assert np.isneginf(part.score[~n]).all()
+    with pytest.raises(ValueError, match="need"):
+        ncc_search(q, refs, need=need[:2])

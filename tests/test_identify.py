@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cryolens.core.identify import IdentityModel, embed_library, identify, shortlist_entries
+from cryolens.core.identify import (IdentityModel, embed_library, identify, prepare_queries, score_entries,
+                                    shortlist_entries)
 from cryolens.core.identify_train import RecipeConfig, simulated_queries, train_identity
 from cryolens.core.library import Library
 from cryolens.core.mrc import write_stack
@@ -72,6 +73,18 @@ def test_combined_shortlist_keeps_every_entry_above_the_calibrated_bar():
     got = shortlist_entries(scores, decoy, 2, 2.0)
     assert [sorted(g.tolist()) for g in got] == [[0, 1, 2], [0, 4], [0, 1, 2, 3, 4]]
     assert [g.tolist() for g in shortlist_entries(scores, decoy, 2, None)] == [[0, 1], [4, 0], [0, 1]]
+
+
+def test_combined_scores_its_shortlist_exactly_as_correlation_does(library, open_set_queries, shipped):
+    q = prepare_queries(open_set_queries[0][:6], PX, library)
+    comb = score_entries(q, library, "combined", shipped, shortlist=2, keep_refs=True)
+    corr = score_entries(q, library, "correlation", shipped)
+    on = np.isfinite(comb.scores)
+    assert (on.sum(1) >= 2).all() and not on.all()  # the bar passes some entries, not all of them
+    np.testing.assert_allclose(comb.scores[on], corr.scores[on], atol=1e-5)
+    assert (comb.best_ref[~on] == -1).all() and np.isnan(comb.psi[~on]).all()
+    np.testing.assert_array_equal(comb.best_ref[on], corr.best_ref[on])
+    np.testing.assert_allclose(comb.decoy, corr.decoy, atol=1e-6)
 
 
 def test_library_embeddings_are_stored_and_only_new_maps_are_embedded(library, proteins, shipped, tmp_path):
@@ -266,7 +279,6 @@ def test_job_as_a_relion_external_job_on_class2d(relion_class2d, proteins, tmp_p
 def test_job_through_the_cryosparc_standin_answers_unknown_for_noise(library, tmp_path, monkeypatch):
     """The real 2D classification's particles with pure-noise class averages (the stand-in's):
     every class must come back unknown, with its particles in particles_unknown."""
-    import cryosparc_standin as sd
     from test_cryosparc_external import client, run
 
     from test_cryosparc_external import standin as standin_fixture  # noqa: F401 (a fixture)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cryolens.core.errors import InputError
-from cryolens.core.index import (EmbeddingIndex, knn_accuracy, knn_vote, mean_reciprocal_rank, recall_at_k,
+from cryolens.core.index import (EmbeddingIndex, group_max, knn_accuracy, knn_vote, mean_reciprocal_rank, recall_at_k,
                                  retrieval_metrics)
 
 
@@ -130,3 +130,9 @@ def test_metrics_hand_example():
     assert m["top1"] == 0.25 and m["top5"] == 0.75
     # integer labels work too
     assert knn_accuracy(np.array([[1, 1, 2]]), [1], 3) == 1.0
+
+
+def test_group_max_of_unscored_columns_is_empty():
+    s = torch.tensor([[0.5, -float("inf"), -float("inf"), 0.2]])
+    best, arg = group_max(s, torch.tensor([0, 1, 1, 0]), 3)
+    assert best.tolist() == [[0.5, -float("inf"), -float("inf")]] and arg.tolist() == [[0, -1, -1]]
