@@ -196,10 +196,12 @@ class EntryScores:
 def _ncc_groups(q: torch.Tensor, refs: np.ndarray, groups: np.ndarray, n: int, library: Library,
                 n_psi: int, keep: list | None = None, need: np.ndarray | None = None,
                 should_stop: Callable[[], bool] | None = None,
-                block: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Best NCC per (query, group) over the group's references, in blocks of ``block`` queries so
-    the (queries, references) work arrays stay bounded for large libraries. ``need`` (Q, R) bool:
-    only these pairs are searched (-inf elsewhere); ``keep`` receives the per-reference scores."""
+                max_pairs: int = 20_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best NCC per (query, group) over the group's references, in blocks of queries so the
+    (queries, references) work arrays (~50 bytes a pair) stay under ``max_pairs`` pairs for large
+    libraries. ``need`` (Q, R) bool: only these pairs are searched (-inf elsewhere); ``keep``
+    receives the per-reference scores."""
+    block = int(np.clip(max_pairs // max(len(refs), 1), 1, 32))
     refs_t = torch.from_numpy(np.ascontiguousarray(refs, np.float32))
     groups_t = torch.from_numpy(np.array(groups, np.int64))
     best, arg, psi, full = [], [], [], []

@@ -87,6 +87,17 @@ def test_combined_scores_its_shortlist_exactly_as_correlation_does(library, open
     np.testing.assert_allclose(comb.decoy, corr.decoy, atol=1e-6)
 
 
+def test_query_blocks_do_not_change_the_scores(library, open_set_queries):
+    from cryolens.core.identify import _ncc_groups
+
+    q = prepare_queries(open_set_queries[0][:5], PX, library)
+    ent = library.entry_of_reference()
+    one = _ncc_groups(q, library.references, ent, len(library), library, 12, max_pairs=len(ent))  # 1 a block
+    all_ = _ncc_groups(q, library.references, ent, len(library), library, 12)
+    for a, b in zip(one, all_):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_library_embeddings_are_stored_and_only_new_maps_are_embedded(library, proteins, shipped, tmp_path):
     lib = Library(BOX, PX, n_views=20)
     lib.add_volume(proteins[0].density, "a")
