@@ -57,6 +57,7 @@ class RecipeConfig:
     encoder: str = "resnet_tiny"
     in_size: int = 32               # encoder input (class averages are band-limited to ~10-30 A)
     embed_dim: int = 128
+    ctf_corrected: bool = False     # class-like renders carry a CTF-corrected average's transfer
     n_val: int = 24                 # held-out phantoms for validation / calibration
     n_unknown: int = 12             # proteins missing from the calibration library
     seed: int = 0
@@ -109,8 +110,9 @@ def _reference_like(x: torch.Tensor, pixel_size: float, g: torch.Generator) -> t
 class StageOneSource:
     """``source(step, rank, world) -> (images, labels)`` for ``core.train.train``."""
 
-    def __init__(self, data: ViewClusters, groups: int, per_group: int, seed: int):
+    def __init__(self, data: ViewClusters, groups: int, per_group: int, seed: int, ctf_corrected: bool = False):
         self.data, self.groups, self.per_group, self.seed = data, groups, per_group, seed
+        self.ctf_corrected = ctf_corrected
 
     def batch(self, rng: np.random.Generator, g: torch.Generator, n_groups: int):
         P, C, J = self.data.images.shape[:3]
@@ -122,7 +124,7 @@ class StageOneSource:
         labels = torch.arange(n_groups).repeat_interleave(self.per_group)
         is_ref = (torch.arange(len(x)) % self.per_group) == 0
         out = torch.empty_like(x)
-        out[~is_ref] = class_average_like(x[~is_ref], self.data.pixel_size, g)
+        out[~is_ref] = class_average_like(x[~is_ref], self.data.pixel_size, g, ctf_corrected=self.ctf_corrected)
         out[is_ref] = _reference_like(x[is_ref], self.data.pixel_size, g)
         return out, labels
 
@@ -260,7 +262,8 @@ def _validation(val, cfg: RecipeConfig, seed: int):
                         rng.uniform(-180, 180, 4)], -1)
         imgs.append(Projector(ph.density).project(torch.as_tensor(euler_to_matrix(ang), dtype=torch.float32)))
         labels += [e] * 4
-    q = class_average_like(torch.cat(imgs), cfg.pixel_size, torch.Generator().manual_seed(seed))
+    q = class_average_like(torch.cat(imgs), cfg.pixel_size, torch.Generator().manual_seed(seed),
+                           ctf_corrected=cfg.ctf_corrected)
     return Validation(q, np.array(labels), torch.from_numpy(lib.references.astype(np.float32)),
                       lib.entry_of_reference())
 
@@ -296,7 +299,7 @@ def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: t
     data = build_view_clusters([p.density for p in train_ph], [p.name for p in train_ph], cfg.n_clusters,
                                cfg.per_cluster, cfg.cluster_spread_deg, cfg.pixel_size, seed=cfg.seed + 1)
     validation = _validation(val_ph, cfg, cfg.seed + 2)
-    source = StageOneSource(data, cfg.groups, cfg.per_group, cfg.seed + 3)
+    source = StageOneSource(data, cfg.groups, cfg.per_group, cfg.seed + 3, cfg.ctf_corrected)
     if init is not None:
         encoder = init.encoder
     else:

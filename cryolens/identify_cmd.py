@@ -44,6 +44,9 @@ def add_train_parser(tsub, common=lambda leaf: None) -> argparse.ArgumentParser:
     p.add_argument("--encoder", default="resnet_tiny", help="encoder preset (resnet_tiny, resnet_small, vit_tiny, ...)")
     p.add_argument("--in-size", type=int, default=32, help="encoder input size, px (default 32)")
     p.add_argument("--embed-dim", type=int, default=128)
+    p.add_argument("--ctf-corrected", action="store_true",
+                   help="class-like training renders carry a CTF-corrected average's transfer (damped low "
+                        "frequencies and CTF zeros, as real class averages have)")
     p.add_argument("--box", type=int, default=64)
     p.add_argument("--pixel-size", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine to 1e-6; default 1e-3)")
@@ -147,7 +150,7 @@ def run_train(args) -> int:
     cfg = RecipeConfig(n_proteins=args.proteins, n_clusters=args.clusters, steps=args.steps, groups=args.groups,
                        encoder=args.encoder, embed_dim=args.embed_dim, box=args.box, pixel_size=args.pixel_size,
                        lr=args.lr, val_every=args.val_every, seed=args.seed, device=str(args.device),
-                       checkpoint_dir=args.checkpoint_dir, in_size=args.in_size)
+                       checkpoint_dir=args.checkpoint_dir, in_size=args.in_size, ctf_corrected=args.ctf_corrected)
     init = IdentityModel.load(args.init) if args.init else None
     if args.calibrate_only and init is None:
         raise CryolensError("--calibrate-only needs --init (the model to calibrate)")

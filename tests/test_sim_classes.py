@@ -7,7 +7,7 @@ import torch
 
 from cryolens.core.geometry import euler_to_matrix
 from cryolens.core.images import lowpass, soft_circular_mask
-from cryolens.core.simulate.classes import frc_resolution, synthesize_classes
+from cryolens.core.simulate.classes import class_average_like, frc_resolution, synthesize_classes, wiener_transfer
 from cryolens.core.simulate.example import blob_phantom
 from cryolens.core.simulate.particles import ParticleSimulator
 
@@ -111,3 +111,26 @@ def test_frc_resolution_of_identical_and_independent_images():
     y = torch.as_tensor(rng.normal(size=(1, 32, 32)), dtype=torch.float32)
     assert float(frc_resolution(x, x, 2.0)[0]) == pytest.approx(4.0, rel=0.05)  # Nyquist: 2 px * 2 A
     assert float(frc_resolution(x, y, 2.0)[0]) > 20.0
+
+
+def test_wiener_transfer_damps_low_frequencies_and_ctf_zeros():
+    """A CTF-corrected average keeps little of its lowest frequencies (CTF^2 there is only the
+    amplitude contrast squared) and dips where many members' CTFs are zero; it is the same for the
+    same generator seed."""
+    t = wiener_transfer(8, 64, 3.0, torch.Generator().manual_seed(0), members=(20, 20), eps_fraction=(0.05, 0.05))
+    assert t.shape == (8, 64, 33) and ((t > 0) & (t <= 1)).all()
+    assert (t[:, 0, 0] < 0.5).all()  # DC: 0.01 n / (0.01 n + 0.05 mean(sum CTF^2))
+    assert (t[:, 0, 5:15].mean(1) > 0.85).all()  # mid frequencies mostly kept
+    one = wiener_transfer(8, 64, 3.0, torch.Generator().manual_seed(1), members=(1, 1), eps_fraction=(0.05, 0.05))
+    assert (one[:, 3:30, 3:].flatten(1).min(1).values < 0.1).all()  # a single CTF's zeros are deep
+    again = wiener_transfer(8, 64, 3.0, torch.Generator().manual_seed(0), members=(20, 20), eps_fraction=(0.05, 0.05))
+    assert torch.equal(t, again)
+
+
+def test_class_average_like_ctf_corrected_changes_only_the_spectrum_shape():
+    x = torch.zeros(2, 32, 32)
+    x[:, 12:20, 10:22] = 1.0
+    a = class_average_like(x, 3.0, torch.Generator().manual_seed(3), snr=1e8, n_copies=1)
+    b = class_average_like(x, 3.0, torch.Generator().manual_seed(3), snr=1e8, n_copies=1, ctf_corrected=True)
+    assert a.shape == b.shape and torch.isfinite(b).all() and not torch.allclose(a, b, atol=1e-3)
+    assert torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min() > 0.5  # same object

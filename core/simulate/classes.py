@@ -219,9 +219,32 @@ def _lowpass_projection(sim: ParticleSimulator, sp: int, rot: float, tilt: float
     return lowpass(proj, pixel_size, res)[0], res
 
 
+def wiener_transfer(n: int, box: int, pixel_size: float, generator: torch.Generator | None = None, *,
+                    members=(20, 300), eps_fraction=(0.01, 0.2), pool: int = 64, device="cpu") -> torch.Tensor:
+    """(n, box, box//2+1) rfft-layout fraction of the signal a CTF-corrected class average keeps:
+    sum(CTF^2) / (sum(CTF^2) + eps), over the CTFs of its members (``_wiener``'s average written
+    as a transfer). Low frequencies, where CTF^2 is only the amplitude contrast squared, and the
+    CTF zeros are damped. Each average draws its member count (log-uniform), its members'
+    micrographs from a pool of ``pool`` defoci of ``CTFDistribution.broad()``, and eps as a
+    fraction of the mean of sum(CTF^2)."""
+    from ..ctf import ctf_2d
+    from .particles import CTFDistribution
+
+    rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=generator)))
+    du, dv, ang = CTFDistribution.broad().sample_micrographs(pool, rng)
+    c2 = ctf_2d(box, pixel_size, du, dv, ang, 300.0, 2.7, 0.1, device=device).reshape(pool, -1) ** 2
+    m = np.exp(rng.uniform(np.log(members[0]), np.log(members[1]), n)).round().astype(np.int64)
+    counts = torch.as_tensor(rng.multinomial(m, np.full(pool, 1.0 / pool)), dtype=torch.float32, device=device)
+    den = counts @ c2  # (n, S)
+    eps = torch.as_tensor(np.exp(rng.uniform(np.log(eps_fraction[0]), np.log(eps_fraction[1]), n)),
+                          dtype=torch.float32, device=device)[:, None] * den.mean(1, keepdim=True)
+    return (den / (den + eps)).reshape(n, box, box // 2 + 1)
+
+
 def class_average_like(proj: torch.Tensor, pixel_size: float, generator: torch.Generator | None = None, *,
                        resolution_A=(8.0, 30.0), bfactor=(0.0, 300.0), snr=(3.0, 50.0), psi_error_deg=(0.0, 6.0),
-                       shift_error_px=(0.0, 1.0), n_copies: int = 4, mask_radius=(0.38, 0.48)) -> torch.Tensor:
+                       shift_error_px=(0.0, 1.0), n_copies: int = 4, mask_radius=(0.38, 0.48),
+                       ctf_corrected: bool = False) -> torch.Tensor:
     """Noiseless projections (N, b, b) made to look like 2D class averages, batched and cheap
     (for training on thousands of proteins, where averaging simulated particles is too slow):
 
@@ -230,6 +253,9 @@ def class_average_like(proj: torch.Tensor, pixel_size: float, generator: torch.G
     keeps (B-factor), a low-pass at the class's resolution, a soft mask at the particle diameter
     and zero mean / unit variance inside it. Each image draws its own values from the ranges
     (log-uniform for resolution and SNR), with ``generator`` for reproducibility.
+    ``ctf_corrected``: also the transfer of a CTF-corrected average (``wiener_transfer``): its
+    damped low frequencies and CTF zeros are what set particle-made class averages apart from
+    clean renders (bench/bench_identify_gap.py).
     """
     from ..nn.augment import affine_resample
 
@@ -259,6 +285,8 @@ def class_average_like(proj: torch.Tensor, pixel_size: float, generator: torch.G
     f = radial_frequency_grid(b, True, pixel_size, dev)[None]  # 1/A
     lp = lowpass_filter(b, pixel_size, u(resolution_A, log=True).clamp_min(2.05 * pixel_size), device=dev)
     env = torch.exp(-u(bfactor).to(dev)[:, None, None] * f ** 2 / 4)
+    if ctf_corrected:
+        env = env * wiener_transfer(n, b, pixel_size, g, device=dev)
     x = torch.fft.irfft2(torch.fft.rfft2(x) * lp * env, s=(b, b))
     mask = torch.stack([soft_circular_mask(b, float(r), max(2.0, 0.05 * b), device=dev) for r in r0])
     return normalize_in_mask(x, mask).to(torch.float32)
