@@ -14,7 +14,7 @@ proteins, made with another simulation seed; evaluated on held-out classes); and
 (embedding, correlation, combined). Metrics: R@1, R@5, MRR over entries, kNN accuracy (k=5,
 votes of the 5 best references), open-set AUROC (confidence, known vs unknown), and speed.
 
-    .venv/bin/python bench/bench_identify.py [--relion] [--quick]
+    .venv/bin/python bench/bench_identify.py [--relion] [--quick] [--speed-only]
 """
 from __future__ import annotations
 
@@ -100,6 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="a small run to check the script")
     ap.add_argument("--model", help="identity model (default: the shipped one)")
+    ap.add_argument("--speed-only", action="store_true", help="only the speed section (100 classes vs 1,000 maps)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     from cryolens.core.identify import (IdentityModel, calibrated_confidence, confidence_features, embed_library,
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
     qa, na = simulated_queries(known_ph, 2 * len(known_ph), box, px, seed=101)
     qu, _ = simulated_queries(unk_ph, 2 * len(unk_ph), box, px, seed=102, junk=max(4, len(unk_ph)))
     sets = {"synthetic": (qa, na)}
-    if args.relion:
+    if args.relion and not args.speed_only:
         r = relion_queries(distinct_kinds(lib_ph), box, px, 7, log)
         if r is not None:
             sets["relion_class2d"] = r
@@ -160,27 +161,31 @@ def main(argv=None) -> int:
     out["queries"]["unknown"] = {"classes": int(len(qu)), "proteins_missing_from_library": len(unk_ph)}
     log(f"queries: {out['queries']}")
     # -- models -----------------------------------------------------------------------------------
-    torch.manual_seed(0)
-    untrained = IdentityModel(encoder_from_config(shipped.encoder.config).eval(), dict(shipped.calibration))
-    # two-stage: labelled real-like classes of the first half of the known proteins, another seed
-    ft_ph = known_ph[: max(2, len(known_ph) // 2)]
-    ft_img, ft_names = simulated_queries(ft_ph, 3 * len(ft_ph), box, px, seed=103)
-    keep = ft_names != ""
-    t = time.perf_counter()
-    cfg = RecipeConfig(n_proteins=40 if not args.quick else 6, n_clusters=8, steps=args.finetune_steps, groups=24,
-                       in_size=shipped.encoder.config["in_size"], embed_dim=shipped.encoder.config["embed_dim"],
-                       encoder=shipped.encoder.config["name"], lr=2e-4, val_every=max(1, args.finetune_steps),
-                       n_val=12 if not args.quick else 3, n_unknown=6 if not args.quick else 2, seed=11)
-    two_stage, _ = train_identity(cfg, init=IdentityModel.load(args.model), real=(ft_img[keep], ft_names[keep], lib, px),
-                                  log=log)
-    out["two_stage"] = {"labelled_classes": int(keep.sum()), "identities": len(ft_ph), "steps": args.finetune_steps,
-                        "seconds": time.perf_counter() - t}
-    ft_set = {ph.name for ph in ft_ph}
+    runs = []
+    if args.speed_only:
+        sets = {}
+    else:
+        torch.manual_seed(0)
+        untrained = IdentityModel(encoder_from_config(shipped.encoder.config).eval(), dict(shipped.calibration))
+        # two-stage: labelled real-like classes of the first half of the known proteins, another seed
+        ft_ph = known_ph[: max(2, len(known_ph) // 2)]
+        ft_img, ft_names = simulated_queries(ft_ph, 3 * len(ft_ph), box, px, seed=103)
+        keep = ft_names != ""
+        t = time.perf_counter()
+        cfg = RecipeConfig(n_proteins=40 if not args.quick else 6, n_clusters=8, steps=args.finetune_steps, groups=24,
+                           in_size=shipped.encoder.config["in_size"], embed_dim=shipped.encoder.config["embed_dim"],
+                           encoder=shipped.encoder.config["name"], lr=2e-4, val_every=max(1, args.finetune_steps),
+                           n_val=12 if not args.quick else 3, n_unknown=6 if not args.quick else 2, seed=11)
+        two_stage, _ = train_identity(cfg, init=IdentityModel.load(args.model),
+                                      real=(ft_img[keep], ft_names[keep], lib, px), log=log)
+        out["two_stage"] = {"labelled_classes": int(keep.sum()), "identities": len(ft_ph), "steps": args.finetune_steps,
+                            "seconds": time.perf_counter() - t}
+        ft_set = {ph.name for ph in ft_ph}
+        runs = [("untrained", untrained, "embedding"), ("synthetic_only", shipped, "embedding"),
+                ("two_stage", two_stage, "embedding"), ("correlation", shipped, "correlation"),
+                ("combined", shipped, "combined"), ("two_stage_combined", two_stage, "combined")]
     names = lib.entries["name"].astype(str).to_numpy()
     ent = lib.entry_of_reference()
-    runs = [("untrained", untrained, "embedding"), ("synthetic_only", shipped, "embedding"),
-            ("two_stage", two_stage, "embedding"), ("correlation", shipped, "correlation"),
-            ("combined", shipped, "combined"), ("two_stage_combined", two_stage, "combined")]
     for set_name, (qk, nk) in sets.items():
         images = np.concatenate([qk, qu])
         truth = np.concatenate([nk, np.full(len(qu), "")])

@@ -59,7 +59,8 @@ def test_shipped_model_is_small_calibrated_and_documented(shipped):
     assert shipped.meta.get("command", "").startswith("cryolens train identify")
     card = (REPO / "docs" / "models" / "identify.md").read_text()
     assert shipped.meta["command"] in card
-    assert shipped.meta["calibration_command"] in card
+    if "calibration_command" in shipped.meta:  # recalibrated after training: that command too
+        assert shipped.meta["calibration_command"] in card
 
 
 def test_combined_shortlist_keeps_every_entry_above_the_calibrated_bar():
