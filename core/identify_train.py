@@ -57,7 +57,7 @@ class RecipeConfig:
     encoder: str = "resnet_tiny"
     in_size: int = 32               # encoder input (class averages are band-limited to ~10-30 A)
     embed_dim: int = 128
-    ctf_corrected: bool = False     # class-like renders carry a CTF-corrected average's transfer
+    ctf_corrected: bool = True      # class-like renders carry a CTF-corrected average's transfer
     n_val: int = 24                 # held-out phantoms for validation / calibration
     n_unknown: int = 12             # proteins missing from the calibration library
     seed: int = 0
@@ -247,6 +247,7 @@ def shortlist_z(es, names: np.ndarray, truth: np.ndarray, quantile: float = 0.01
     rows, col = _true_entries(names, truth)
     z = decoy_z(es.scores[rows, col], es.decoy[rows])
     return float(min(np.quantile(z, quantile), z.mean() - n_sd * z.std()))
+
 
 # ---------------------------------------------------------------------------------------- recipe
 

@@ -44,9 +44,9 @@ def add_train_parser(tsub, common=lambda leaf: None) -> argparse.ArgumentParser:
     p.add_argument("--encoder", default="resnet_tiny", help="encoder preset (resnet_tiny, resnet_small, vit_tiny, ...)")
     p.add_argument("--in-size", type=int, default=32, help="encoder input size, px (default 32)")
     p.add_argument("--embed-dim", type=int, default=128)
-    p.add_argument("--ctf-corrected", action="store_true",
+    p.add_argument("--ctf-corrected", action=argparse.BooleanOptionalAction, default=True,
                    help="class-like training renders carry a CTF-corrected average's transfer (damped low "
-                        "frequencies and CTF zeros, as real class averages have)")
+                        "frequencies and CTF zeros, as real class averages have; default on)")
     p.add_argument("--box", type=int, default=64)
     p.add_argument("--pixel-size", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine to 1e-6; default 1e-3)")
