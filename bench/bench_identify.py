@@ -202,6 +202,8 @@ def main(argv=None) -> int:
             if label.startswith("two_stage"):  # identities it was fine-tuned on vs not
                 seen = np.isin(truth, list(ft_set))
                 for tag, sel in (("finetuned_identities", seen), ("other_identities", known & ~seen)):
+                    if not sel.any():  # e.g. the RELION classes: none of the fine-tuned identities
+                        continue
                     es_sel = type(es)(es.scores[sel | ~known], es.best_ref[sel | ~known], es.psi[sel | ~known],
                                       es.decoy[sel | ~known], es.refs[sel | ~known])
                     k2 = known[sel | ~known]
