@@ -2,9 +2,11 @@
 
 The shipped embedding ranks its training renders (``class_average_like``) far better than class
 averages simulated from particles. This diagnostic takes unseen phantom proteins, a 24-entry
-library, and scores the same proteins' queries made five ways, switching one factor at a time:
+library, and scores the same proteins' queries made six ways, switching one factor at a time:
 
-- ``training_render``: a projection made class-average-like, as the recipe trains on;
+- ``render``: a projection made class-average-like (``class_average_like``) without the transfer
+  of a CTF-corrected average, as the recipe trained before ``--ctf-corrected``;
+- ``render_ctf_corrected``: the same renders with that transfer (the recipe's default now);
 - ``particles``: class averages of simulated particles as the benchmark and calibration use
   (CTF, SNR 0.05-0.1 per particle, 40-200 members, view spread, in-plane and shift errors);
 - ``particles_high_snr``: the same at particle SNR 1 (noise nearly gone);
@@ -59,17 +61,18 @@ def main(argv=None) -> int:
         cs, truth = synthesize_classes(species, n, box=box, pixel_size=px, members=(40, 200), seed=31, **kw)
         return cs.images, truth.table["truth_species"].astype(str).to_numpy()
 
-    def training_render():
+    def render(ctf_corrected: bool):
         g = torch.Generator().manual_seed(31)
         imgs, labels = [], []
         for k, ph in enumerate(proteins):
             rot = torch.as_tensor(random_rotations(args.classes, seed=100 + k), dtype=torch.float32)
-            imgs.append(class_average_like(Projector(ph.density).project(rot), px, g))
+            imgs.append(class_average_like(Projector(ph.density).project(rot), px, g, ctf_corrected=ctf_corrected))
             labels += [ph.name] * args.classes
         return torch.cat(imgs).numpy(), np.array(labels)
 
     variants = {
-        "training_render": training_render,
+        "render": lambda: render(False),
+        "render_ctf_corrected": lambda: render(True),
         "particles": lambda: particles(snr=(0.05, 0.1)),
         "particles_high_snr": lambda: particles(snr=1.0),
         "particles_aligned": lambda: particles(snr=(0.05, 0.1), view_spread_deg=0.0, psi_error_deg=0.0,

@@ -110,7 +110,7 @@ def _reference_like(x: torch.Tensor, pixel_size: float, g: torch.Generator) -> t
 class StageOneSource:
     """``source(step, rank, world) -> (images, labels)`` for ``core.train.train``."""
 
-    def __init__(self, data: ViewClusters, groups: int, per_group: int, seed: int, ctf_corrected: bool = False):
+    def __init__(self, data: ViewClusters, groups: int, per_group: int, seed: int, ctf_corrected: bool):
         self.data, self.groups, self.per_group, self.seed = data, groups, per_group, seed
         self.ctf_corrected = ctf_corrected
 

@@ -15,8 +15,6 @@ from cryolens.relion_ext.star import read_blocks, read_particles
 EXE = shutil.which("cryolens-relion-select") or str(Path(REPO / ".venv/bin/cryolens-relion-select"))
 
 
-
-
 @pytest.mark.relion
 def test_select_runs_from_the_pipeliner_and_relion_continues(project):
     proj, data = project
