@@ -150,9 +150,15 @@ class MixedSource:
 
         s = step_seed(self.seed, step, rank)
         rng, g = np.random.default_rng(s), torch.Generator().manual_seed(s)
-        n_real = max(1, self.groups // 2)
-        ids = list(self.by_identity)
-        pick = [int(rng.choice(self.by_identity[ids[int(rng.integers(len(ids)))]])) for _ in range(n_real)]
+        n_real = min(max(1, self.groups // 2), len(self.labels))
+        # balanced per identity, and no class twice in a batch: a copy under another group label
+        # would be a negative identical to its anchor
+        left = {k: list(v) for k, v in self.by_identity.items()}
+        pick = []
+        for _ in range(n_real):
+            ids = [k for k, v in left.items() if v]
+            pool = left[ids[int(rng.integers(len(ids)))]]
+            pick.append(int(pool.pop(int(rng.integers(len(pool))))))
         imgs, labs = [], []
         for gi, i in enumerate(pick):  # 2 views of the real class, 2 of its references
             refs = torch.from_numpy(self.refs[rng.choice(self.partners[i], 2)].astype(np.float32))

@@ -340,3 +340,28 @@ def test_library_build_from_a_csv_then_incrementally(proteins, tmp_path, capsys)
     before = lib.read_bytes()
     assert main(["library", "build", str(lib), "--csv", str(tmp_path / "bad.csv"), "--no-embed"]) == 2
     assert "nope.mrc" in capsys.readouterr().err and lib.read_bytes() == before
+
+
+def test_stage_two_batches_never_hold_one_real_class_twice():
+    """Each real class is its own group label: a second copy in the batch would be a 'negative'
+    identical to its anchor. Batches draw identities evenly and classes without repeats."""
+    from cryolens.core.identify_train import MixedSource, StageOneSource, build_view_clusters
+
+    ph = phantom_library(3, seed=9, box=32, pixel_size=6.0)
+    syn = StageOneSource(build_view_clusters([p.density for p in ph], [p.name for p in ph], 2, 2, 3.0, 6.0),
+                         groups=4, per_group=4, seed=1, ctf_corrected=True)
+    real = torch.randn(5, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = np.array(["a", "a", "a", "b", "b"])
+    refs = np.random.default_rng(0).standard_normal((6, 32, 32)).astype(np.float16)
+    partners = np.array([[0, 1, 2]] * 3 + [[3, 4, 5]] * 2)
+    for groups, n_real in ((4, 2), (12, 5)):
+        src = MixedSource(syn, real, labels, partners, refs, groups=groups, seed=3)
+        seen_b = 0
+        for step in range(20):
+            x, y = src(step, 0, 1)
+            firsts = x[: 4 * n_real: 4]  # each real group starts with its class
+            idx = [int(torch.nonzero((real == f).flatten(1).all(1))[0]) for f in firsts]
+            assert len(set(idx)) == n_real, f"step {step}: real classes {idx} repeat"
+            seen_b += sum(labels[i] == "b" for i in idx)
+            assert len(torch.unique(y)) == groups
+        assert seen_b > 0
