@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     out["queries"]["unknown"] = {"classes": int(len(qu)), "proteins_missing_from_library": len(unk_ph)}
     log(f"queries: {out['queries']}")
     # -- models -----------------------------------------------------------------------------------
-    runs = []
+    runs, ft_set = [], set()
     if args.speed_only:
         sets = {}
     else:
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
             conf = calibrated_confidence(confidence_features(es), model.calibration[mode])
             r = metrics(es, names, truth, ent, conf, known)
             r["seconds"] = dt
-            if label.startswith("two_stage"):  # identities it was fine-tuned on vs not
+            if ft_set:  # the identities two-stage was fine-tuned on vs the rest, for every row alike
                 seen = np.isin(truth, list(ft_set))
                 for tag, sel in (("finetuned_identities", seen), ("other_identities", known & ~seen)):
                     if not sel.any():  # e.g. the RELION classes: none of the fine-tuned identities
