@@ -4,8 +4,9 @@ Library: phantom proteins never used in training (a seed the training recipe doe
 plus the real maps in ../shared/data that fit the library box. Queries of KNOWN identities:
 fast synthetic class averages simulated from particles (CTF, SNR 0.05-0.1, misalignment) and,
 with --relion, the classes of a real relion_refine Class2D run on simulated particles of three
-library proteins of different kinds (a ring assembly, a filament, a membrane protein in its
-micelle: shapes Class2D can tell apart at SNR 0.1; truth: majority species, purity >= 0.7). Queries of UNKNOWN identities: classes
+library proteins of different kinds (an assembly, a filament, a membrane protein in its micelle
+or nanodisc: shapes Class2D has a chance to separate at SNR 0.1; truth: majority species,
+purity >= 0.7). Queries of UNKNOWN identities: classes
 of proteins missing from the library, and junk classes.
 
 Models, side by side in one run: an untrained encoder, the shipped synthetic-only model, and a
@@ -60,7 +61,7 @@ def metrics(es, names: np.ndarray, truth: np.ndarray, ent: np.ndarray, conf: np.
 
 
 def distinct_kinds(phantoms, kinds=("assembly", "filament", "membrane")):
-    """The first phantom of each kind: proteins whose 2D classes do not mix."""
+    """The first phantom of each kind: shapes different enough for Class2D to separate (mostly)."""
     return [next(ph for ph in phantoms if ph.kind == k) for k in kinds if any(ph.kind == k for ph in phantoms)]
 
 
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
             if ft_set:  # the identities two-stage was fine-tuned on vs the rest, for every row alike
                 seen = np.isin(truth, list(ft_set))
                 for tag, sel in (("finetuned_identities", seen), ("other_identities", known & ~seen)):
-                    if not sel.any():  # e.g. the RELION classes: none of the fine-tuned identities
+                    if not sel.any():  # e.g. the RELION classes: all three in one split
                         continue
                     es_sel = type(es)(es.scores[sel | ~known], es.best_ref[sel | ~known], es.psi[sel | ~known],
                                       es.decoy[sel | ~known], es.refs[sel | ~known])
@@ -235,9 +236,11 @@ def main(argv=None) -> int:
     q100 = prepare_queries(np.concatenate([qa, qu])[:100], px, lib)
     sp = out["speed"]
     sp.update({"maps": len(big), "references_per_map": args.views, "device": "cpu", "threads": torch.get_num_threads()})
-    # once per process (an identify job pays it once): the fixed decoy proteins' embeddings
-    from cryolens.core.identify import _decoy_embeddings, decoy_library
+    # once per process (an identify job pays it once): the fixed decoy proteins' embeddings,
+    # timed from an empty cache (the rows above may have filled it)
+    from cryolens.core.identify import _DECOY_EMB, _decoy_embeddings, decoy_library
 
+    _DECOY_EMB.clear()
     t = time.perf_counter()
     _decoy_embeddings(decoy_library(box, px, lib.resolution_A), shipped)
     sp["decoy_embedding_once_s"] = time.perf_counter() - t

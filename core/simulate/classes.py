@@ -220,19 +220,20 @@ def _lowpass_projection(sim: ParticleSimulator, sp: int, rot: float, tilt: float
 
 
 def wiener_transfer(n: int, box: int, pixel_size: float, generator: torch.Generator | None = None, *,
-                    members=(20, 300), eps_fraction=(0.01, 0.2), pool: int = 64, device="cpu") -> torch.Tensor:
+                    members=(20, 300), eps_fraction=(0.01, 0.2), pool: int = 64, voltage: float = 300.0,
+                    cs: float = 2.7, amp_contrast: float = 0.1, device="cpu") -> torch.Tensor:
     """(n, box, box//2+1) rfft-layout fraction of the signal a CTF-corrected class average keeps:
     sum(CTF^2) / (sum(CTF^2) + eps), over the CTFs of its members (``_wiener``'s average written
     as a transfer). Low frequencies, where CTF^2 is only the amplitude contrast squared, and the
     CTF zeros are damped. Each average draws its member count (log-uniform), its members'
     micrographs from a pool of ``pool`` defoci of ``CTFDistribution.broad()``, and eps as a
-    fraction of the mean of sum(CTF^2)."""
+    fraction of the mean of sum(CTF^2). Optics default to ``ParticleSimulator``'s."""
     from ..ctf import ctf_2d
     from .particles import CTFDistribution
 
     rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=generator)))
     du, dv, ang = CTFDistribution.broad().sample_micrographs(pool, rng)
-    c2 = ctf_2d(box, pixel_size, du, dv, ang, 300.0, 2.7, 0.1, device=device).reshape(pool, -1) ** 2
+    c2 = ctf_2d(box, pixel_size, du, dv, ang, voltage, cs, amp_contrast, device=device).reshape(pool, -1) ** 2
     m = np.exp(rng.uniform(np.log(members[0]), np.log(members[1]), n)).round().astype(np.int64)
     counts = torch.as_tensor(rng.multinomial(m, np.full(pool, 1.0 / pool)), dtype=torch.float32, device=device)
     den = counts @ c2  # (n, S)
