@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryolens.core import calibration
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 REAL_MAPS = ["maps/EMD-3001.map", "maps/EMD-3197.map", "maps/trpv1_volume.mrc",
@@ -37,11 +39,7 @@ REAL_MAPS = ["maps/EMD-3001.map", "maps/EMD-3197.map", "maps/trpv1_volume.mrc",
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     """P(score of a random positive > a random negative), ties counted half."""
     pos, neg = np.asarray(pos, float), np.asarray(neg, float)
-    if not len(pos) or not len(neg):
-        return float("nan")
-    gt = (pos[:, None] > neg[None, :]).mean()
-    eq = (pos[:, None] == neg[None, :]).mean()
-    return float(gt + 0.5 * eq)
+    return calibration.auroc(np.concatenate([pos, neg]), np.r_[np.ones(len(pos)), np.zeros(len(neg))])
 
 
 def metrics(es, names: np.ndarray, truth: np.ndarray, ent: np.ndarray, conf: np.ndarray, known: np.ndarray) -> dict:
@@ -104,10 +102,11 @@ def main(argv=None) -> int:
     ap.add_argument("--speed-only", action="store_true", help="only the speed section (100 classes vs 1,000 maps)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    from cryolens.core.identify import (IdentityModel, calibrated_confidence, confidence_features, embed_library,
-                                        prepare_queries, score_entries)
-    from cryolens.core.identify_train import RecipeConfig, shortlist_figures, simulated_queries, train_identity
-    from cryolens.core.library import Library
+    from cryolens.core.calibration import logistic
+    from cryolens.core.identify import (IdentityModel, confidence_features, embed_library, prepare_queries,
+                                        score_entries)
+    from cryolens.core.identify.train import RecipeConfig, shortlist_figures, simulated_queries, train_identity
+    from cryolens.core.identify.library import Library
     from cryolens.core.nn import encoder_from_config
     from cryolens.core.simulate.proteins import from_map, phantom_library
 
@@ -197,7 +196,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             es = score_entries(q, lib, mode, model, keep_refs=True)
             dt = time.perf_counter() - t
-            conf = calibrated_confidence(confidence_features(es), model.calibration[mode])
+            conf = logistic(confidence_features(es), model.calibration[mode])
             r = metrics(es, names, truth, ent, conf, known)
             r["seconds"] = dt
             if ft_set:  # the identities two-stage was fine-tuned on vs the rest, for every row alike
@@ -238,7 +237,7 @@ def main(argv=None) -> int:
     sp.update({"maps": len(big), "references_per_map": args.views, "device": "cpu", "threads": torch.get_num_threads()})
     # once per process (an identify job pays it once): the fixed decoy proteins' embeddings,
     # timed from an empty cache (the rows above may have filled it)
-    from cryolens.core.identify import _DECOY_EMB, _decoy_embeddings, decoy_library
+    from cryolens.core.identify.decoys import _DECOY_EMB, _decoy_embeddings, decoy_library
 
     _DECOY_EMB.clear()
     t = time.perf_counter()

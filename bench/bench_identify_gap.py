@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     from cryolens.core.geometry import random_rotations
     from cryolens.core.identify import IdentityModel, prepare_queries, score_entries
-    from cryolens.core.library import Library
+    from cryolens.core.identify.library import Library
     from cryolens.core.projector import Projector
     from cryolens.core.simulate.classes import class_average_like, synthesize_classes
     from cryolens.core.simulate.proteins import phantom_library

@@ -67,7 +67,7 @@ def add_train_parser(tsub, common=lambda leaf: None) -> argparse.ArgumentParser:
 
 def run_library(args) -> int:
     from cryolens.core.errors import CryolensError, InputError
-    from cryolens.core.library import Library
+    from cryolens.core.identify.library import Library
 
     path = Path(args.library)
     if args.library_command == "info":
@@ -145,7 +145,7 @@ def run_train(args) -> int:
 
     from cryolens.core.errors import CryolensError
     from cryolens.core.identify import IdentityModel
-    from cryolens.core.identify_train import RecipeConfig, labelled_table, train_identity
+    from cryolens.core.identify.train import RecipeConfig, labelled_table, train_identity
 
     cfg = RecipeConfig(n_proteins=args.proteins, n_clusters=args.clusters, steps=args.steps, groups=args.groups,
                        encoder=args.encoder, embed_dim=args.embed_dim, box=args.box, pixel_size=args.pixel_size,
@@ -158,7 +158,7 @@ def run_train(args) -> int:
     if args.real_classes or args.labels or args.library:
         if not (args.real_classes and args.labels and args.library):
             raise CryolensError("stage II needs --real-classes, --labels and --library together")
-        from cryolens.core.library import Library
+        from cryolens.core.identify.library import Library
         from cryolens.formats import read_classes
 
         cs = read_classes(args.real_classes)

@@ -54,7 +54,7 @@ def image_lines(ps: ParticleSet, args: argparse.Namespace) -> list[str]:
         return [f"  images: NOT READABLE: {err}"]
     lines = [f"  images: {len(src)} of {src.box}x{src.box} px, all stacks present and long enough"]
     if getattr(args, "stats", False):
-        from cryolens.progress import Progress
+        from cryolens.core.progress import Progress
 
         total, s1, s2, lo, hi = 0, 0.0, 0.0, np.inf, -np.inf
         with Progress("reading images") as prog:

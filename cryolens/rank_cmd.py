@@ -85,7 +85,7 @@ def read_selection(path: str, cs) -> np.ndarray:
 
 def _user_sets(args):
     from cryolens.core.errors import CryolensError
-    from cryolens.core.ranker import Labelled
+    from cryolens.core.rank.train import Labelled
     from cryolens.formats import read_classes
 
     if not args.classes or len(args.classes) != len(args.selection):
@@ -115,8 +115,8 @@ def build_training_sets(n_synthetic: int, use_relion: bool, cache: Path, log=pri
 
     Data sets, not classes, are split (classes of one data set share species and statistics);
     RELION runs go one per group in order and weigh 3x (they are few, and the real thing)."""
-    from cryolens.core.ranker import Labelled
-    from cryolens.rank_data import TRAIN_RELION, cached_synthetic, relion_dataset
+    from cryolens.core.rank.train import Labelled
+    from cryolens.recipes.rank_data import TRAIN_RELION, cached_synthetic, relion_dataset
 
     groups: tuple[list, list, list] = ([], [], [])
     t0 = time.perf_counter()
@@ -135,8 +135,8 @@ def build_training_sets(n_synthetic: int, use_relion: bool, cache: Path, log=pri
 
 
 def train_from_scratch(args) -> int:
-    from cryolens.core.ranker import fit
-    from cryolens.rank_data import PURITY_GOOD, TRAIN_RELION, default_cache
+    from cryolens.core.rank.train import fit
+    from cryolens.recipes.rank_data import PURITY_GOOD, TRAIN_RELION, default_cache
 
     cache = Path(args.cache) if args.cache else default_cache()
     t0 = time.perf_counter()
@@ -164,7 +164,8 @@ def train_from_scratch(args) -> int:
 def run_train(args) -> int:
     import torch
 
-    from cryolens.core.ranker import RankModel, fine_tune
+    from cryolens.core.rank.model import RankModel
+    from cryolens.core.rank.train import fine_tune
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -56,7 +56,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 def write_results(result: JobResult, out: Path, fmt: str) -> list[Path]:
     from cryolens.core.atomic import atomic_path
-    from cryolens.core.report import save_figure
+    from cryolens.core.figures import save_figure
 
     written: list[Path] = []
     for name, ps in result.particles.items():
@@ -95,7 +95,7 @@ def run_shell_job(job: str, argv: list[str], device, seed: int, debug: bool) -> 
     params = given_params(args)
     inputs, fmt = load_inputs(args)
     out = Path(args.out)
-    from cryolens.progress import Progress
+    from cryolens.core.progress import Progress
 
     written: list[Path] = []
     try:

@@ -52,7 +52,7 @@ def _short(name: str) -> str:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from cryolens.core.report import gallery
+    from cryolens.core.figures import gallery
     from cryolens.core.simulate.classes import synthesize_classes
     from cryolens.core.simulate.particles import ParticleSimulator
     from cryolens.core.simulate.proteins import phantom_library

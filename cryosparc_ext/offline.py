@@ -270,7 +270,7 @@ def load_inputs(spec: JobSpec, args) -> dict[str, Any]:
 
 def run_offline(spec: JobSpec, args, params: dict[str, Any], device, title: str, command: str) -> int:
     """Run ``spec`` on files, write results + .csg into ``args.out``; 0 ok, 1 failed, 2 aborted."""
-    from cryolens.progress import Progress
+    from cryolens.core.progress import Progress
 
     out = Path(args.out)
     res: Results | None = None

@@ -176,7 +176,7 @@ def write_outputs(result: JobResult, spec: JobSpec, job_dir: Path, written: list
         write_blocks(path, {name: table})
         written.append(path)
     for name, fig in result.figures.items():
-        from cryolens.core.report import save_figure
+        from cryolens.core.figures import save_figure
 
         path = save_figure(fig, job_dir / f"{name}.pdf")
         written.append(path)
@@ -213,7 +213,7 @@ def run_external(job_name: str, argv: list[str]) -> int:
         version = inv.args.relion_version or detect_version(job_dir)
         print(f"cryolens {spec.name}: RELION {version} External job in {job_dir}", flush=True)
         from cryolens.core.runtime import resolve_device, seed_everything
-        from cryolens.progress import Progress
+        from cryolens.core.progress import Progress
 
         device = resolve_device(inv.args.device)
         seed_everything(inv.args.seed)

@@ -14,8 +14,8 @@ import torch
 
 from cryolens.core.identify import (IdentityModel, embed_library, identify, prepare_queries, score_entries,
                                     shortlist_entries)
-from cryolens.core.identify_train import RecipeConfig, simulated_queries, train_identity
-from cryolens.core.library import Library
+from cryolens.core.identify.train import RecipeConfig, simulated_queries, train_identity
+from cryolens.core.identify.library import Library
 from cryolens.core.mrc import write_stack
 from cryolens.core.simulate.proteins import phantom_library
 from cryolens.core.weights import default_weights
@@ -89,7 +89,7 @@ def test_combined_scores_its_shortlist_exactly_as_correlation_does(library, open
 
 
 def test_query_blocks_do_not_change_the_scores(library, open_set_queries):
-    from cryolens.core.identify import _ncc_groups
+    from cryolens.core.identify.score import _ncc_groups
 
     q = prepare_queries(open_set_queries[0][:5], PX, library)
     ent = library.entry_of_reference()
@@ -129,7 +129,7 @@ def open_set_queries(proteins):
 @pytest.mark.parametrize("mode", ["correlation", "combined"])
 def test_open_set_known_classes_are_named_and_strangers_are_unknown(library, open_set_queries, shipped, mode):
     images, names_k = open_set_queries
-    table, es, _ = identify(images, PX, library, shipped, mode=mode)
+    table = identify(images, PX, library, shipped, mode=mode).table
     tk, tu = table.iloc[:12], table.iloc[12:]
     right = (tk["identity"] == names_k).mean()
     wrong = ((tk["identity"] != names_k) & (tk["identity"] != "unknown")).mean()
@@ -144,7 +144,7 @@ def test_embedding_mode_ranks_above_chance_and_is_not_confidently_wrong(library,
     confidence must say so (unknown rather than a wrong name), while its ranking still carries the
     signal the combined mode's shortlist relies on."""
     images, names_k = open_set_queries
-    table, es, _ = identify(images, PX, library, shipped, mode="embedding")
+    table = identify(images, PX, library, shipped, mode="embedding").table
     tk = table.iloc[:12]
     in_top3 = np.mean([n in set(r) for n, r in zip(names_k, tk[["match1", "match2", "match3"]].to_numpy())])
     assert in_top3 >= 0.75, tk  # chance: 0.5
@@ -345,7 +345,7 @@ def test_library_build_from_a_csv_then_incrementally(proteins, tmp_path, capsys)
 def test_stage_two_batches_never_hold_one_real_class_twice():
     """Each real class is its own group label: a second copy in the batch would be a 'negative'
     identical to its anchor. Batches draw identities evenly and classes without repeats."""
-    from cryolens.core.identify_train import MixedSource, StageOneSource, build_view_clusters
+    from cryolens.core.identify.train import MixedSource, StageOneSource, build_view_clusters
 
     ph = phantom_library(3, seed=9, box=32, pixel_size=6.0)
     syn = StageOneSource(build_view_clusters([p.density for p in ph], [p.name for p in ph], 2, 2, 3.0, 6.0),

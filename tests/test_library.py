@@ -9,7 +9,7 @@ from conftest import shared_path
 from cryolens.core.correlate import ncc_search
 from cryolens.core.errors import InputError
 from cryolens.core.geometry import euler_to_matrix
-from cryolens.core.library import Library, fibonacci_views
+from cryolens.core.identify.library import Library, fibonacci_views
 from cryolens.core.projector import Projector
 from cryolens.core.simulate.proteins import random_phantom
 

@@ -7,12 +7,11 @@ import pytest
 import torch
 
 from cryolens.core.errors import InputError
-from cryolens.core.jobs.rank import auto_threshold
 from cryolens.core.particles import ClassSet
-from cryolens.core.rank_features import (IMAGE_FEATURES, STAT_FEATURES, image_features, isolation_features,
+from cryolens.core.rank.features import (IMAGE_FEATURES, STAT_FEATURES, image_features, isolation_features,
                                          stat_features)
-from cryolens.core.ranker import (RankModel, apply_calibration, auroc, expected_calibration_error,
-                                  fit_isotonic, fit_platt)
+from cryolens.core.calibration import apply_calibration, auroc, expected_calibration_error, fit_isotonic, fit_platt
+from cryolens.core.rank import RankModel, auto_threshold
 from cryolens.core.weights import default_weights
 
 HELD_OUT_POOL = (777_777, 4)  # phantoms used neither by the shipped model (100000) nor by the benchmark
@@ -22,7 +21,7 @@ HELD_OUT_POOL = (777_777, 4)  # phantoms used neither by the shipped model (1000
 def held_out():
     """Six fast synthetic Class2D results of held-out phantoms (seeds unused in training)."""
     torch.set_num_threads(2)
-    from cryolens.rank_data import phantom_pool, synthetic_dataset
+    from cryolens.recipes.rank_data import phantom_pool, synthetic_dataset
 
     pool = phantom_pool(*HELD_OUT_POOL)
     return [synthetic_dataset(70_000 + i, pool) for i in range(6)]

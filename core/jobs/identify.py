@@ -10,10 +10,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import torch
-
 from ..errors import CryolensError
 from ..particles import ClassSet
 from .base import Input, JobContext, JobResult, JobSpec, Output, Param, register
@@ -23,48 +19,9 @@ def _tag(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip("_") or "unnamed"
 
 
-def _gallery(q: torch.Tensor, table: pd.DataFrame, library, es, max_classes: int = 200):
-    """Each class (as matched: resampled to the library) beside its best reference, rotated onto it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..correlate import rotate_images
-
-    n = min(len(table), max_classes)
-    pairs_per_row = 4
-    rows = (n + pairs_per_row - 1) // pairs_per_row
-    fig, axes = plt.subplots(max(rows, 1), 2 * pairs_per_row, figsize=(2 * pairs_per_row * 1.15, max(rows, 1) * 1.45),
-                             squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    best = np.argmax(np.where(np.isfinite(es.scores), es.scores, -np.inf), 1)
-    for i in range(n):
-        r, c = divmod(i, pairs_per_row)
-        a_cls, a_ref = axes[r, 2 * c], axes[r, 2 * c + 1]
-        a_cls.imshow(q[i].numpy(), cmap="gray")
-        ref_i = int(es.best_ref[i, best[i]])
-        if ref_i >= 0:
-            ref = torch.from_numpy(library.references[ref_i].astype(np.float32))
-            psi = es.psi[i, best[i]]
-            if np.isfinite(psi):  # the NCC angle rotates the class onto the reference: show the inverse
-                ref = rotate_images(ref[None], torch.tensor([-float(psi)]))[0, 0]
-            a_ref.imshow(ref.numpy(), cmap="gray")
-        row = table.iloc[i]
-        colour = "0.5" if row["identity"] == "unknown" else "C0"
-        a_cls.set_title(f"class {int(row['class_id'])}", fontsize=6)
-        a_ref.set_title(f"{str(row['match1'])[:18]}\n{row['identity'] if row['identity'] == 'unknown' else ''}"
-                        f" p={row['confidence']:.2f}", fontsize=5.5, color=colour)
-    fig.suptitle(f"identify: each class (left) and its best library projection (right), {n} of {len(table)}",
-                 fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
-    from ..identify import IdentityModel, identify
-    from ..library import Library
+    from ..identify import IdentityModel, Library, identify
+    from ..identify.figures import gallery_figure
 
     classes: ClassSet = inputs["classes"]
     if not params["library"]:
@@ -78,8 +35,9 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
     px = params["pixel_size"] or classes.pixel_size
     ctx.log(f"identify: {len(classes)} classes against {len(library)} library entries "
             f"({library.n_views} views each), mode {params['mode']}")
-    table, es, q = identify(classes.images, px, library, model, params["mode"], params["top_k"],
-                            params["shortlist"], params["min_confidence"], log=ctx.log, should_stop=ctx.should_stop)
+    found = identify(classes.images, px, library, model, params["mode"], params["top_k"],
+                     params["shortlist"], params["min_confidence"], log=ctx.log, should_stop=ctx.should_stop)
+    table = found.table
     table.insert(0, "class_id", classes.class_ids)
     try:
         counts = classes.counts().to_numpy()
@@ -90,7 +48,7 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
     res = JobResult()
     res.tables["identities"] = table
     if params["gallery"]:
-        res.figures["identify_gallery"] = _gallery(q, table, library, es)
+        res.figures["identify_gallery"] = gallery_figure(found.queries, table, library, found.scores)
     if classes.particles is not None and classes.particles.has("class_id"):
         for name in table["identity"].unique():
             ids = table.loc[table["identity"] == name, "class_id"].tolist()

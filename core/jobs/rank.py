@@ -2,13 +2,12 @@
 
 Input: a Class2D result (RELION iteration or cryoSPARC class averages with their particles), or a
 bare stack of class averages (images only: the score then rests on image evidence alone).
-The score is the probability that the class is good (``core.ranker``); the selection keeps the
+The score is the probability that the class is good (``core.rank``); the selection keeps the
 classes at or above a cut that is absolute (``threshold``), a share of the classes (``fraction``)
-or derived from this data set's scores (``auto``, see ``auto_threshold``).
+or derived from this data set's scores (``auto``, see ``core.rank.threshold``).
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -23,139 +22,11 @@ SCORE = "rlnClassScore"
 PREDICTED = "rlnPredictedClassScore"
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
-
-
-def _otsu_1d(x: np.ndarray) -> tuple[float, float]:
-    """(cut, separability): the split of sorted values that maximises the between-group variance,
-    and that variance as a share of the total (1 = two tight groups, near 0.6 or below = one blob)."""
-    xs = np.sort(np.asarray(x, np.float64))
-    n = len(xs)
-    total = xs.var()
-    if n < 4 or total <= 1e-12:
-        return float("nan"), 0.0
-    best, cut = -1.0, float("nan")
-    for i in range(1, n):
-        a, b = xs[:i], xs[i:]
-        between = (i / n) * ((n - i) / n) * (a.mean() - b.mean()) ** 2
-        if between > best:
-            best, cut = between, 0.5 * (xs[i - 1] + xs[i])
-    return cut, best / total
-
-
-def auto_threshold(prob: np.ndarray, counts: np.ndarray | None, recall: float = 0.95,
-                   min_probability: float = 0.1) -> tuple[float, str]:
-    """A cut on the calibrated scores of THIS data set, and the reason in words.
-
-    1. The valley between the data set's junk and good modes: a two-group (Otsu) split of the
-       scores' logits; used when the two groups are well separated (separability >= 0.75), else
-       0.5 (no valley: the calibrated coin-flip).
-    2. Recall guard: the scores are probabilities, so the expected number of good particles in
-       each class is score x count. The cut is lowered, if needed, until the kept classes hold an
-       expected ``recall`` share of the expected good particles in all classes that could be kept
-       (those at or above the floor).
-    3. Floor: never below ``min_probability`` (a class that is junk 9 times in 10 is not kept to
-       chase the last few expected particles).
-    """
-    p = np.asarray(prob, np.float64)
-    n = np.ones_like(p) if counts is None else np.where(np.isfinite(counts), np.asarray(counts, np.float64), 1.0)
-    why = []
-    cut_v, sep = _otsu_1d(_logit(p))
-    if np.isfinite(cut_v) and sep >= 0.75:
-        valley = float(1 / (1 + math.exp(-cut_v)))
-        lo, hi = p[p < valley], p[p >= valley]
-        why.append(f"valley between a low mode (median {np.median(lo):.2f}, {len(lo)} classes) and a high mode "
-                   f"(median {np.median(hi):.2f}, {len(hi)} classes) at {valley:.2f} (separability {sep:.2f})")
-    else:
-        valley = 0.5
-        why.append(f"no clear valley in the scores (separability {sep:.2f} < 0.75): start at 0.5")
-    expected = np.where(p >= min_probability, p * n, 0.0)
-    cut = valley
-    if expected.sum() > 0:
-        order = np.argsort(-p, kind="stable")
-        cum = np.cumsum(expected[order]) / expected.sum()
-        k = int(np.searchsorted(cum, recall - 1e-12)) + 1
-        guard = float(p[order][min(k, len(p)) - 1])
-        kept_at_valley = expected[p >= valley].sum() / expected.sum()
-        if guard < valley:
-            cut = guard
-            why.append(f"lowered to {guard:.2f}: at {valley:.2f} the kept classes hold an expected "
-                       f"{100 * kept_at_valley:.1f}% of the good particles, below the {100 * recall:.0f}% target")
-        else:
-            why.append(f"expected good-particle recall there {100 * kept_at_valley:.1f}% "
-                       f"(target {100 * recall:.0f}%)")
-    if cut < min_probability:
-        why.append(f"raised to the floor {min_probability:.2f}")
-        cut = float(min_probability)
-    return float(cut), "; ".join(why)
-
-
-def gallery_figure(images: np.ndarray, class_ids: np.ndarray, prob: np.ndarray, counts: np.ndarray,
-                   resolution: np.ndarray, cut: float, title: str, max_cols: int = 10):
-    """All classes sorted by score: tiles captioned with score, particles and resolution, kept ones
-    framed green, rejected red, the threshold drawn on the sorted-score curve and between the tiles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    order = np.argsort(-prob, kind="stable")
-    k = len(order)
-    cols = max(1, min(max_cols, k))
-    rows = max(1, math.ceil(k / cols))
-    tile = 1.15
-    fig = plt.figure(figsize=(cols * tile, 2.0 + rows * (tile + 0.38)))
-    top = 1.6 / (2.0 + rows * (tile + 0.38))
-    ax = fig.add_axes([0.08, 1 - top + 0.25 * top, 0.9, 0.62 * top])
-    ax.plot(np.arange(1, k + 1), prob[order], "o-", ms=3, lw=1, color="0.3")
-    ax.axhline(cut, color="C3", ls="--", lw=1.2)
-    ax.text(k + 0.5, cut, f" cut {cut:.2f}", color="C3", va="bottom", ha="right", fontsize=7)
-    ax.set_xlim(0.5, k + 0.5)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("rank", fontsize=7)
-    ax.set_ylabel("score", fontsize=7)
-    ax.tick_params(labelsize=6)
-    ax.set_title(title, fontsize=8)
-    grid_h = 1 - top
-    cell_w, cell_h = 1.0 / cols, grid_h / rows
-    for j, i in enumerate(order):
-        r, c = divmod(j, cols)
-        a = fig.add_axes([c * cell_w + 0.04 * cell_w, grid_h - (r + 1) * cell_h + 0.26 * cell_h,
-                          0.92 * cell_w, 0.7 * cell_h])
-        im = np.asarray(images[i], np.float32)
-        lo, hi = np.percentile(im, [1, 99]) if np.isfinite(im).all() else (0.0, 1.0)
-        a.imshow(im, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
-        a.set_xticks([]), a.set_yticks([])
-        kept = prob[i] >= cut
-        for s in a.spines.values():
-            s.set_color("C2" if kept else "C3")
-            s.set_linewidth(2.0)
-        n = counts[i]
-        res = resolution[i]
-        cap = f"#{class_ids[i]}  {prob[i]:.2f}\n" + ("n=?" if not np.isfinite(n) else f"n={int(n)}") + \
-            ("" if np.isnan(res) else ("  res inf" if np.isinf(res) else f"  {res:.1f} A"))
-        a.set_title(cap, fontsize=5.5, pad=1.5)
-    # the threshold between the last kept and the first rejected tile
-    n_kept = int((prob >= cut).sum())
-    if 0 < n_kept < k:
-        r, c = divmod(n_kept, cols)
-        y0, y1 = grid_h - (r + 1) * cell_h, grid_h - r * cell_h
-        fig.add_artist(Rectangle((c * cell_w, y0), 0, y1 - y0, transform=fig.transFigure, ec="C3", lw=2.5, ls="--"))
-        if c > 0:  # the line continues under the rest of the row above
-            fig.add_artist(Rectangle((c * cell_w, y1), 1 - c * cell_w, 0, transform=fig.transFigure, ec="C3",
-                                     lw=2.5, ls="--"))
-            fig.add_artist(Rectangle((0, y0), c * cell_w, 0, transform=fig.transFigure, ec="C3", lw=2.5, ls="--"))
-        else:
-            fig.add_artist(Rectangle((0, y1), 1, 0, transform=fig.transFigure, ec="C3", lw=2.5, ls="--"))
-    return fig
-
-
 def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
-    from ..ranker import RankModel
-    from ..rank_features import class_counts
+    from ..rank.features import class_counts
+    from ..rank.figures import gallery_figure
+    from ..rank.model import RankModel
+    from ..rank.threshold import auto_threshold
 
     cs: ClassSet = inputs["classes"]
     if len(cs) == 0:

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .images import fourier_resize, radial_frequency_grid, radius_grid
-from .particles import ClassSet
+from ..images import fourier_resize, radial_frequency_grid, radius_grid
+from ..particles import ClassSet
 
 FEATURE_BOX = 64
 DISK = 0.46  # radius of the analysed disk, fraction of the box (class averages are masked near 0.5)
@@ -265,7 +265,7 @@ def isolation_features(embeddings: np.ndarray, k: int = 3) -> np.ndarray:
 def ranker_style_features(cs: ClassSet) -> tuple[np.ndarray, list[str]]:
     """Statistics + image features (what a RELION-class-ranker-style model sees), NaN where missing."""
     if cs.images is None:
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError("ranking needs the class average images (the stack was not found or not read)", cs.source)
     return np.concatenate([stat_features(cs), image_features(cs.images)], 1), list(STAT_FEATURES + IMAGE_FEATURES)

@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .atomic import atomic_path
-from .errors import InputError
-from .geometry import euler_to_matrix
-from .images import lowpass, normalize_in_mask, soft_circular_mask
-from .projector import Projector
+from ..atomic import atomic_path
+from ..errors import InputError
+from ..geometry import euler_to_matrix
+from ..images import lowpass, normalize_in_mask, soft_circular_mask
+from ..projector import Projector
 
 FORMAT, VERSION = "cryolens-library", 2
 
@@ -91,7 +91,7 @@ class Library:
 
     def add_map_file(self, path: str | os.PathLike, name: str | None = None, accession: str = "", device="cpu") -> int:
         """A user map (.mrc): resampled, recentred and masked by ``core.simulate.proteins.from_map``."""
-        from .simulate.proteins import from_map
+        from ..simulate.proteins import from_map
 
         ph = from_map(path, self.box, self.pixel_size, name=name)
         return self.add_volume(ph.density, name or Path(path).stem, accession, str(path), ph.provenance, device)

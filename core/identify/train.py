@@ -31,13 +31,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .geometry import euler_to_matrix
-from .images import resample_images
-from .identify import (MODES, IdentityModel, calibrated_confidence, confidence_features, decoy_z,
-                       fit_calibration, prepare_queries, score_entries)
+from ..geometry import euler_to_matrix
+from ..images import resample_images
+from ..calibration import fit_logistic, logistic
+from ..projector import Projector
+from ..simulate.classes import class_average_like
 from .library import Library
-from .projector import Projector
-from .simulate.classes import class_average_like
+from .model import MODES, IdentityModel
+from .score import confidence_features, decoy_z, prepare_queries, score_entries
 
 
 @dataclass
@@ -129,7 +130,7 @@ class StageOneSource:
         return out, labels
 
     def __call__(self, step: int, rank: int, world: int):
-        from .train import step_seed
+        from ..train import step_seed
 
         s = step_seed(self.seed, step, rank)
         return self.batch(np.random.default_rng(s), torch.Generator().manual_seed(s), self.groups)
@@ -146,7 +147,7 @@ class MixedSource:
         self.by_identity = {k: np.flatnonzero(self.labels == k) for k in np.unique(self.labels)}
 
     def __call__(self, step: int, rank: int, world: int):
-        from .train import step_seed
+        from ..train import step_seed
 
         s = step_seed(self.seed, step, rank)
         rng, g = np.random.default_rng(s), torch.Generator().manual_seed(s)
@@ -184,8 +185,8 @@ def simulated_queries(phantoms, n_classes: int, box: int, pixel_size: float, see
                       snr=(0.05, 0.1), members=(40, 200), device="cpu"):
     """Class averages simulated from particles of ``phantoms`` (CTF, noise, misalignment), plus
     ``junk`` junk classes: (images (N, b, b), species name per class ('' for junk))."""
-    from .simulate.classes import synthesize_classes
-    from .simulate.junk import CLASS_JUNK_TYPES, JUNK_TYPES
+    from ..simulate.classes import synthesize_classes
+    from ..simulate.junk import CLASS_JUNK_TYPES, JUNK_TYPES
 
     kinds = [k for k in JUNK_TYPES + CLASS_JUNK_TYPES if k != "off_centre"]
     jc: dict[str, int] = {}
@@ -218,8 +219,8 @@ def calibrate(model: IdentityModel, known, unknown, cfg: RecipeConfig, log: Call
         if mode == "embedding":  # how far down the true entry can sit: the combined mode's shortlist
             model.meta["shortlist_z"] = shortlist_z(es, names, truth)
             report["shortlist_z"] = model.meta["shortlist_z"]
-        model.calibration[mode] = fit_calibration(f, correct)
-        conf = calibrated_confidence(f, model.calibration[mode])
+        model.calibration[mode] = fit_logistic(f, correct)
+        conf = logistic(f, model.calibration[mode])
         report[mode] = {"top1_known": float(correct[: len(qk)].mean()), "seconds": time.perf_counter() - t,
                         "mean_confidence_known": float(conf[: len(qk)].mean()),
                         "mean_confidence_unknown": float(conf[len(qk):].mean())}
@@ -259,7 +260,7 @@ def shortlist_z(es, names: np.ndarray, truth: np.ndarray, quantile: float = 0.01
 
 
 def _validation(val, cfg: RecipeConfig, seed: int):
-    from .train import Validation
+    from ..train import Validation
 
     lib = _library_of(val, cfg.box, cfg.pixel_size, n_views=24)
     rng = np.random.default_rng(seed)
@@ -281,9 +282,9 @@ def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: t
     """Run the recipe. ``real``: (images (N, b, b) at ``real_pixel_size``, labels (entry names),
     Library, real_pixel_size) for stage II; ``init``: start from this model (stage II only on
     top of a stage-I model, as the seed does). Returns the model and a report."""
-    from .nn import TripletMarginLoss, build_encoder, seed000_augment
-    from .simulate.proteins import phantom_library
-    from .train import TrainConfig, train
+    from ..nn import TripletMarginLoss, build_encoder, seed000_augment
+    from ..simulate.proteins import phantom_library
+    from ..train import TrainConfig, train
 
     t0 = time.perf_counter()
     report: dict[str, Any] = {"config": dict(vars(cfg))}
@@ -334,7 +335,7 @@ def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: t
     res = train(encoder, TripletMarginLoss(cfg.margin, "all"), source, tc, augment=seed000_augment(),
                 validation=validation, on_log=on_log, should_stop=should_stop)
     if res.best_checkpoint is not None:
-        from .train import load_checkpoint
+        from ..train import load_checkpoint
 
         encoder.load_state_dict(load_checkpoint(res.best_checkpoint)["model"])
     encoder = encoder.cpu().eval()
@@ -354,8 +355,8 @@ def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: t
 
 def best_references(q: torch.Tensor, labels: np.ndarray, lib: Library, n: int = 3) -> np.ndarray:
     """(N, n) indices of the references of each class's labelled entry that correlate best with it."""
-    from .correlate import ncc_search
-    from .errors import CryolensError
+    from ..correlate import ncc_search
+    from ..errors import CryolensError
 
     names = lib.entries["name"].astype(str).to_numpy()
     ent = lib.entry_of_reference()
@@ -373,7 +374,7 @@ def best_references(q: torch.Tensor, labels: np.ndarray, lib: Library, n: int = 
 def labelled_table(path) -> pd.DataFrame:
     """A CSV of labelled real classes: columns ``class`` (1-based class number in the stack) and
     ``identity`` (a library entry name); other columns are ignored."""
-    from .errors import InputError
+    from ..errors import InputError
 
     try:
         df = pd.read_csv(path)

@@ -139,7 +139,7 @@ TRAIN_RELION = [(101, 1101, {}), (102, 1102, {"n_species": 2, "K": 8, "snr": 0.4
 BENCH_RELION = [(901, 9901, {}), (902, 9902, {"n_species": 2, "K": 8, "snr": 0.4, "junk": 0.4})]
 
 
-if __name__ == "__main__":  # pre-build the cached RELION runs: python -m cryolens.rank_data [train|bench]
+if __name__ == "__main__":  # pre-build the cached RELION runs: python -m cryolens.recipes.rank_data [train|bench]
     import sys
 
     which = sys.argv[1:] or ["train", "bench"]

@@ -19,149 +19,23 @@ of how many entries the user's library has.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .correlate import ncc_search
-from .errors import CryolensError, InputError
-from .images import normalize_in_mask, resample_images, soft_circular_mask
-from .index import EmbeddingIndex, group_max
+from ..calibration import logistic
+from ..correlate import ncc_search
+from ..errors import CryolensError
+from ..images import normalize_in_mask, resample_images, soft_circular_mask
+from ..index import EmbeddingIndex, group_max
+from .decoys import _decoy_embeddings, decoy_library
 from .library import Library
-
-MODES = ("embedding", "correlation", "combined")
-TASK = "identify"
-N_DECOYS, DECOY_SEED, DECOY_VIEWS = 16, 90_210_417, 48
-SHORTLIST = 10  # combined mode: entries passed to NCC at least
-FEATURES = ("top_score", "decoy_z", "margin")
-
-
-# -------------------------------------------------------------------------------------- the model
-
-
-@dataclass
-class IdentityModel:
-    """An embedding encoder plus the per-mode confidence calibration."""
-
-    encoder: torch.nn.Module
-    calibration: dict[str, list[float]] = field(default_factory=dict)  # mode -> [bias, w_top, w_z, w_margin]
-    meta: dict[str, Any] = field(default_factory=dict)
-    path: str = ""
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for k, v in sorted(self.encoder.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
-
-    def save(self, path: str | os.PathLike, half: bool = True) -> Path:
-        """A weights-only checkpoint (format ``cryolens.checkpoint``, task ``identify``)."""
-        from .atomic import atomic_path
-        from .train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
-
-        state = {k: (v.half() if half and v.is_floating_point() else v).cpu()
-                 for k, v in self.encoder.state_dict().items()}
-        ck = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": TASK,
-              "model_config": dict(self.encoder.config), "model": state,
-              "calibration": {m: [float(x) for x in w] for m, w in self.calibration.items()},
-              "meta": self.meta}
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save(ck, tmp)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike | None = None, device="cpu") -> "IdentityModel":
-        """Load a model file; ``None``: the default weights shipped with cryolens."""
-        from .nn.encoders import encoder_from_config
-        from .train import load_checkpoint
-
-        if path is None:
-            from .weights import default_weights
-
-            path = default_weights(TASK)
-        ck = load_checkpoint(path)
-        if ck.get("task", TASK) != TASK:
-            raise InputError(f"this is a {ck.get('task')!r} model, not an identity model", path)
-        enc = encoder_from_config(ck["model_config"])
-        enc.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
-        return cls(enc.to(device).eval(), dict(ck.get("calibration") or {}), dict(ck.get("meta") or {}), str(path))
-
-
-@torch.no_grad()
-def embed_images(encoder: torch.nn.Module, images, batch_size: int = 256, tta: bool = True,
-                 should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
-    """(N, D) L2-normalised embeddings on the CPU. ``tta``: the mean over the four exact 90-degree
-    rotations (the encoder is trained rotation-invariant; this removes what is left)."""
-    images = torch.as_tensor(images)
-    dev = next(encoder.parameters()).device
-    was = encoder.training
-    encoder.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        if should_stop is not None and should_stop():
-            from .errors import JobAborted
-
-            raise JobAborted()
-        x = images[i:i + batch_size].to(dev, torch.float32)
-        e = sum(encoder(torch.rot90(x, k, (-2, -1))) for k in range(4 if tta else 1))
-        out.append(torch.nn.functional.normalize(e.float(), dim=1).cpu())
-    encoder.train(was)
-    return torch.cat(out) if out else torch.zeros((0, encoder.config["embed_dim"]))
-
-
-def embed_library(library: Library, model: IdentityModel, log: Callable[[str], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> np.ndarray:
-    """Reference embeddings under ``model``: reuses what the library holds for the same model and
-    embeds only references added since (all of them for another model). Updates ``library``."""
-    if library.references is None:
-        raise CryolensError("the library has no entries")
-    fp = model.fingerprint()
-    have = library.embeddings if (library.embedding_model == fp and library.embeddings is not None) else None
-    n_have = 0 if have is None else len(have)
-    if n_have < len(library.references):
-        if log:
-            log(f"embedding {len(library.references) - n_have} library references")
-        new = embed_images(model.encoder, torch.from_numpy(library.references[n_have:].astype(np.float32)),
-                           should_stop=should_stop).numpy().astype(np.float16)
-        library.embeddings = new if have is None else np.concatenate([have, new])
-        library.embedding_model = fp
-    return library.embeddings
-
-
-# ------------------------------------------------------------------------------------------ decoys
-
-_DECOYS: dict[tuple, Library] = {}
-
-
-def decoy_library(box: int, pixel_size: float, resolution_A: float) -> Library:
-    """The fixed decoy proteins at a library's sampling (cached per process)."""
-    key = (box, round(pixel_size, 4), round(resolution_A, 3))
-    if key not in _DECOYS:
-        from .simulate.proteins import phantom_library
-
-        lib = Library(box, pixel_size, resolution_A, DECOY_VIEWS)
-        for ph in phantom_library(N_DECOYS, seed=DECOY_SEED, box=box, pixel_size=pixel_size):
-            lib.add_volume(ph.density, ph.name, source="decoy")
-        _DECOYS[key] = lib
-    return _DECOYS[key]
-
-
-_DECOY_EMB: dict[tuple, torch.Tensor] = {}
-
-
-def _decoy_embeddings(decoys: Library, model: IdentityModel) -> torch.Tensor:
-    key = (id(decoys), model.fingerprint())
-    if key not in _DECOY_EMB:
-        _DECOY_EMB[key] = embed_images(model.encoder, torch.from_numpy(decoys.references.astype(np.float32)))
-    return _DECOY_EMB[key]
+from .model import MODES, SHORTLIST, IdentityModel, embed_images, embed_library
 
 
 # ---------------------------------------------------------------------------------------- queries
@@ -207,7 +81,7 @@ def _ncc_groups(q: torch.Tensor, refs: np.ndarray, groups: np.ndarray, n: int, l
     best, arg, psi, full = [], [], [], []
     for start in range(0, len(q), block):
         if should_stop is not None and should_stop():
-            from .errors import JobAborted
+            from ..errors import JobAborted
 
             raise JobAborted()
         sl = slice(start, start + block)
@@ -302,49 +176,32 @@ def confidence_features(es: EntryScores) -> np.ndarray:
     return np.stack([top, decoy_z(top, es.decoy), top - comp], 1).astype(np.float64)
 
 
-def calibrated_confidence(features: np.ndarray, weights) -> np.ndarray:
-    w = np.asarray(weights, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-(w[0] + features @ w[1:])))
-
-
-def fit_calibration(features: np.ndarray, correct: np.ndarray, l2: float = 1e-3) -> list[float]:
-    """Logistic regression of P(top-1 correct) on the confidence features (standardised inside,
-    weights returned on the raw features)."""
-    from scipy.optimize import minimize
-
-    X = np.asarray(features, np.float64)
-    y = np.asarray(correct, np.float64)
-    mu, sd = X.mean(0), X.std(0) + 1e-9
-    Z = (X - mu) / sd
-
-    def nll(w):
-        z = w[0] + Z @ w[1:]
-        p = 1 / (1 + np.exp(-z))
-        loss = np.mean(np.logaddexp(0, z) - y * z) + l2 * np.sum(w[1:] ** 2)
-        g = np.concatenate([[np.mean(p - y)], Z.T @ (p - y) / len(y) + 2 * l2 * w[1:]])
-        return loss, g
-
-    w = minimize(nll, np.zeros(X.shape[1] + 1), jac=True, method="L-BFGS-B").x
-    wr = w[1:] / sd
-    return [float(w[0] - np.sum(wr * mu)), *map(float, wr)]
-
-
 # ------------------------------------------------------------------------------------ the answer
+
+
+@dataclass
+class Identification:
+    """What ``identify`` found: the per-class answer table, the entry scores behind it, and the
+    queries as they were matched (resampled to the library's box and pixel size)."""
+
+    table: pd.DataFrame
+    scores: EntryScores
+    queries: torch.Tensor
 
 
 def identify(images, pixel_size: float | None, library: Library, model: IdentityModel | None,
              mode: str = "combined", top_k: int = 5, shortlist: int = SHORTLIST, min_confidence: float = 0.5,
              log: Callable[[str], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> tuple[pd.DataFrame, EntryScores, torch.Tensor]:
+             should_stop: Callable[[], bool] | None = None) -> Identification:
     """Per class: the top-k entries with scores, the calibrated confidence of the first, and the
-    identity (its name, or "unknown"). Returns (table, scores, prepared queries)."""
+    identity (its name, or "unknown")."""
     q = prepare_queries(images, pixel_size, library)
     es = score_entries(q, library, mode, model, shortlist, log=log, should_stop=should_stop)
     feats = confidence_features(es)
     weights = (model.calibration.get(mode) if model is not None else None)
     if weights is None:
         raise CryolensError(f"the identity model has no calibration for mode {mode!r}")
-    conf = calibrated_confidence(feats, weights)
+    conf = logistic(feats, weights)
     names = library.entries["name"].astype(str).to_numpy()
     acc = library.entries["accession"].fillna("").astype(str).to_numpy()
     k = min(top_k, len(library))
@@ -361,4 +218,4 @@ def identify(images, pixel_size: float | None, library: Library, model: Identity
             row[f"match{j + 1}"] = names[top[j]] if np.isfinite(sc) else ""
             row[f"score{j + 1}"] = float(sc) if np.isfinite(sc) else np.nan
         rows.append(row)
-    return pd.DataFrame(rows), es, q
+    return Identification(pd.DataFrame(rows), es, q)

@@ -1,0 +1,232 @@
+"""The 2D class ranker: a calibrated probability that a class is good.
+
+Evidence per class (``core.rank.features``): statistics where the source has them, RELION-ranker-
+style image features, the logit of a small CNN on the class average (an encoder of the learning
+engine with a linear head), and the class's isolation among the data set's classes in that CNN's
+embedding space. A small MLP (the *combiner*) turns the evidence into one logit; missing evidence
+is an input too (a NaN feature becomes 0 plus a "missing" flag), and the combiner is trained with
+the statistics randomly dropped, so a bare stack of class averages is scored from its images alone.
+
+Calibration: the combiner's logit is mapped to a probability by a calibrator fitted on held-out
+data sets (isotonic when there are enough classes, else Platt), one per evidence mode: ``stats``
+(the source has per-class statistics) and ``image`` (a bare stack). A class with no particles gets
+probability 0 (there is nothing to keep).
+
+Training uses the one loop, ``core.train.train``, for the CNN and for the combiner. Models are
+saved as plain tensors and dicts (``torch.load(weights_only=True)``) with a format name and version.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..atomic import atomic_path
+from ..calibration import apply_calibration
+from ..errors import InputError
+from ..particles import ClassSet
+from .features import (IMAGE_FEATURES, ISOLATION_FEATURES, STAT_FEATURES, class_counts, image_features,
+                            isolation_features, stat_features)
+
+MODEL_FORMAT = "cryolens.rank"
+MODEL_VERSION = 1
+EVIDENCE = tuple(STAT_FEATURES) + tuple(IMAGE_FEATURES) + tuple(ISOLATION_FEATURES) + ("cnn_logit",)
+N_STAT = len(STAT_FEATURES)
+_ISO = slice(N_STAT + len(IMAGE_FEATURES), N_STAT + len(IMAGE_FEATURES) + len(ISOLATION_FEATURES))
+IMAGE_SIZE = 32  # the CNN's input box (class averages are Fourier-resampled to it)
+
+
+# -- networks ------------------------------------------------------------------------------------
+class ImageScorer(nn.Module):
+    """Encoders (learning engine) with linear heads: class average -> logit, averaged over the
+    ``members`` of a small ensemble; ``embed`` gives the mean L2-normalised embedding (for isolation).
+    The shipped model has two members, each trained on a different half of the training data, so
+    that each can score the other's half out of sample for the combiner."""
+
+    def __init__(self, encoder: dict[str, Any] | None = None, members: int = 1):
+        super().__init__()
+        from ..nn.encoders import encoder_from_config
+
+        cfg = dict(encoder or {"name": "resnet_tiny", "in_size": IMAGE_SIZE, "embed_dim": 32})
+        self.encoders = nn.ModuleList([encoder_from_config(cfg) for _ in range(members)])
+        self.heads = nn.ModuleList([nn.Linear(self.encoders[0].embed_dim, 1) for _ in range(members)])
+        self.config = {"encoder": dict(self.encoders[0].config), "members": int(members)}
+
+    @property
+    def in_size(self) -> int:
+        return self.encoders[0].in_size
+
+    @property
+    def embed_dim(self) -> int:
+        return self.encoders[0].embed_dim
+
+    @classmethod
+    def join(cls, members: Sequence["ImageScorer"]) -> "ImageScorer":
+        out = cls(members[0].config["encoder"], len(members))
+        for i, m in enumerate(members):
+            out.encoders[i], out.heads[i] = m.encoders[0], m.heads[0]
+        return out
+
+    def logit_and_embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embs = [e(images) for e in self.encoders]
+        logit = torch.stack([h(e)[:, 0] for h, e in zip(self.heads, embs)]).mean(0)
+        return logit, F.normalize(torch.stack(embs).mean(0), dim=-1)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logit_and_embed(images)[1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logit_and_embed(images)[0]
+
+
+class Combiner(nn.Module):
+    """Evidence vector (raw, NaN = missing) -> logit. Standardisation is inside (buffers), so the
+    same raw vector goes in at training and scoring time."""
+
+    def __init__(self, n_in: int = len(EVIDENCE), hidden: int = 0, dropout: float = 0.1):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_in))
+        self.register_buffer("std", torch.ones(n_in))
+        self.n_flags = N_STAT + 1  # one flag per statistic, one for isolation
+        # hidden=0: a linear model (logistic regression on the standardised evidence), which
+        # generalises across data sets better than an MLP trained on a few hundred classes
+        self.net = nn.Linear(n_in + self.n_flags, 1) if not hidden else nn.Sequential(
+            nn.Linear(n_in + self.n_flags, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.config = {"n_in": n_in, "hidden": hidden, "dropout": dropout}
+
+    def encode(self, raw: torch.Tensor) -> torch.Tensor:
+        raw = raw.float()
+        missing = torch.isnan(raw)
+        z = ((raw - self.mean) / self.std).clamp(-6, 6)
+        z = torch.where(missing, torch.zeros_like(z), z)
+        flags = torch.cat([missing[:, :N_STAT], missing[:, _ISO].any(1, keepdim=True)], 1).float()
+        return torch.cat([z, flags], 1)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.net(self.encode(raw))[:, 0]
+
+
+# -- the model ------------------------------------------------------------------------------------
+@dataclass
+class Scores:
+    """Per class (ClassSet order): calibrated probability, the combiner's logit, the evidence."""
+
+    probability: np.ndarray
+    logit: np.ndarray
+    evidence: np.ndarray
+    mode: str
+    seconds: float = 0.0
+
+
+@dataclass
+class RankModel:
+    image: ImageScorer
+    combiner: Combiner
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # -- evidence and scores
+    @torch.no_grad()
+    def image_evidence(self, images, batch: int = 256, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+        """(CNN logits (K,), embeddings (K, D)) of class averages (K, b, b)."""
+        from ..images import fourier_resize
+
+        x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+        x = torch.nan_to_num(x)
+        size = self.image.in_size
+        self.image.eval()
+        self.image.to(device)
+        logits, embs = [], []
+        for i in range(0, len(x), batch):
+            xb = x[i:i + batch]
+            if xb.shape[-1] != size:
+                xb = fourier_resize(xb, size)
+            lg, e = self.image.logit_and_embed(xb.to(device))
+            embs.append(e.cpu())
+            logits.append(lg.cpu())
+        if not logits:
+            return np.zeros(0), np.zeros((0, self.image.embed_dim))
+        return torch.cat(logits).double().numpy(), torch.cat(embs).double().numpy()
+
+    def evidence(self, cs: ClassSet, stats: bool = True, device="cpu") -> np.ndarray:
+        """(K, len(EVIDENCE)) raw evidence; NaN where missing. ``stats=False`` hides the statistics."""
+        if cs.images is None:
+            raise InputError("ranking needs the class average images (the stack was not found or not read)",
+                             cs.source)
+        st = stat_features(cs) if stats else np.full((len(cs), N_STAT), np.nan)
+        img = image_features(cs.images)
+        logit, emb = self.image_evidence(cs.images, device=device)
+        iso = isolation_features(emb)
+        return np.concatenate([st, img, iso, logit[:, None]], 1)
+
+    @torch.no_grad()
+    def combine(self, evidence: np.ndarray, device="cpu") -> np.ndarray:
+        self.combiner.eval()
+        self.combiner.to(device)
+        x = torch.as_tensor(evidence, dtype=torch.float32, device=device)
+        return self.combiner(x).double().cpu().numpy() if len(x) else np.zeros(0)
+
+    def score(self, cs: ClassSet, device="cpu") -> Scores:
+        """Calibrated probabilities that each class is good (ClassSet order)."""
+        t0 = time.perf_counter()
+        ev = self.evidence(cs, device=device)
+        mode = "stats" if np.isfinite(ev[:, :N_STAT]).any() else "image"
+        logit = self.combine(ev, device)
+        prob = apply_calibration(self.calibration.get(mode), logit)
+        n = class_counts(cs)
+        prob = np.where(np.isfinite(n) & (n <= 0), 0.0, prob)  # an empty class has nothing to keep
+        return Scores(np.clip(prob, 0.0, 1.0), logit, ev, mode, time.perf_counter() - t0)
+
+    # -- persistence
+    def state(self) -> dict[str, Any]:
+        return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "evidence": list(EVIDENCE),
+                "image_config": self.image.config, "image_state": self.image.state_dict(),
+                "combiner_config": self.combiner.config, "combiner_state": self.combiner.state_dict(),
+                "calibration": self.calibration, "info": self.info}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        state = {k: v for k, v in self.state().items()}
+        state["image_state"] = {k: v.detach().cpu().clone() for k, v in state["image_state"].items()}
+        state["combiner_state"] = {k: v.detach().cpu().clone() for k, v in state["combiner_state"].items()}
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> "RankModel":
+        """A saved model (default: the shipped weights); InputError naming the file when it is not one."""
+        if path is None or str(path) == "":
+            from ..weights import default_weights
+
+            path = default_weights("rank")
+            if not Path(path).exists():
+                raise InputError("the shipped ranker weights are missing (reinstall cryolens, or give --model)", path)
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("model file not found", path)
+        try:
+            st = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise InputError(f"cannot read the ranker model ({type(err).__name__}: {err})", path) from err
+        if not isinstance(st, dict) or st.get("format") != MODEL_FORMAT:
+            raise InputError(f"not a cryolens rank model (format {st.get('format') if isinstance(st, dict) else '?'!r})",
+                             path)
+        if st.get("version") != MODEL_VERSION:
+            raise InputError(f"rank model format version {st.get('version')!r} is not supported (this cryolens "
+                             f"reads version {MODEL_VERSION})", path)
+        if list(st.get("evidence", [])) != list(EVIDENCE):
+            raise InputError("the model was trained on a different feature set than this cryolens computes", path)
+        image = ImageScorer(st["image_config"]["encoder"], int(st["image_config"].get("members", 1)))
+        image.load_state_dict(st["image_state"])
+        comb = Combiner(**st["combiner_config"])
+        comb.load_state_dict(st["combiner_state"])
+        return cls(image.eval(), comb.eval(), dict(st.get("calibration") or {}), dict(st.get("info") or {}))
