@@ -1,0 +1,120 @@
+"""One evaluation protocol for every learned job: data from another generator, figures per run.
+
+A learned job is measured on runs it was not trained on, split by generator (train on cryolens's
+simulator, test on ``relion_project`` particles, and the other way round) and by protein (no test
+run shares a protein with a training run), with the figures of every run kept: the median AND the
+worst run are reported, beside the classical rules computed on the same runs.
+
+The corpus comes from ``bench/corpus.py``. This module loads it, splits it, and turns per-run scores
+into the figures the benchmarks print (``per_run``, ``summarise``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from cryolens.core.calibration import auroc
+
+
+@dataclass
+class CorpusRun:
+    name: str
+    spec: dict
+    classes: object  # ClassSet (images, statistics, particles)
+    truth: pd.DataFrame  # per class: truth_good, truth_purity, truth_species, n_particles
+
+    @property
+    def generator(self) -> str:
+        return self.spec["generator"]
+
+    @property
+    def proteins(self) -> set[str]:
+        return {p["name"] for p in self.spec["proteins"]}
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.truth["truth_good"].to_numpy(np.int64)
+
+    @property
+    def good_particles(self) -> np.ndarray:
+        """Members of each class that are true particles of its species, for good classes (0 otherwise)."""
+        t = self.truth
+        return np.where(t["truth_good"] > 0, np.round(t["truth_purity"] * t["n_particles"]), 0).astype(np.int64)
+
+
+def load_corpus(root: Path, generators: tuple[str, ...] | None = None) -> list[CorpusRun]:
+    """Every finished run under ``root`` (``bench/corpus.py build``), optionally of some generators."""
+    from cryolens.relion_ext.class2d import read_class2d
+
+    runs = []
+    for d in sorted(Path(root).glob("run_*")):
+        if not (d / "DONE").exists():
+            continue
+        spec = json.loads((d / "spec.json").read_text())
+        if generators and spec["generator"] not in generators:
+            continue
+        data = d / "Class2D" / "job001" / f"run_it{spec['iterations']:03d}_data.star"
+        cs = read_class2d(data, root=d)
+        truth = pd.read_csv(d / "classes_truth.csv").set_index("class_id").loc[cs.class_ids].reset_index()
+        runs.append(CorpusRun(d.name, spec, cs, truth))
+    return runs
+
+
+def split_by_protein(runs: list[CorpusRun], test_share: float = 0.5, seed: int = 0) -> tuple[list, list]:
+    """(train, test): proteins are drawn into the test side; a run goes to test when all its proteins
+    are test proteins, to train when none is, and is dropped when it mixes both."""
+    proteins = sorted(set().union(*(r.proteins for r in runs))) if runs else []
+    rng = np.random.default_rng(seed)
+    test_p = set(rng.choice(proteins, int(round(test_share * len(proteins))), replace=False)) if proteins else set()
+    train = [r for r in runs if not (r.proteins & test_p)]
+    test = [r for r in runs if r.proteins <= test_p]
+    return train, test
+
+
+def selection_figures(keep: np.ndarray, run: CorpusRun) -> dict[str, float]:
+    """Good-particle recall and particle precision of a class selection."""
+    good = run.good_particles
+    n = run.truth["n_particles"].to_numpy(np.float64)
+    kept_good = good[keep].sum()
+    return {"recall_good_particles": float(kept_good / good.sum()) if good.sum() else float("nan"),
+            "precision_particles": float(kept_good / n[keep].sum()) if n[keep].sum() else float("nan")}
+
+
+def per_run(runs: list[CorpusRun], scorers: dict[str, Callable[[CorpusRun], np.ndarray]]) -> pd.DataFrame:
+    """One row per (run, scorer): AUROC of the class scores against truth_good (NaN for a run
+    with only one kind of class), with the run's settings beside."""
+    rows = []
+    for r in runs:
+        y = r.labels
+        for name, fn in scorers.items():
+            s = np.asarray(fn(r), np.float64)
+            rows.append({"run": r.name, "generator": r.generator, "scorer": name, "classes": len(y),
+                         "good": int(y.sum()), "auroc": auroc(s, y),
+                         "snr": r.spec["snr"], "junk": r.spec["junk_fraction"], "K": r.spec["K"],
+                         "iterations": r.spec["iterations"], "box": r.spec["box"],
+                         "pixel_size": r.spec["pixel_size"], "ctf": r.spec["ctf"]})
+    return pd.DataFrame(rows)
+
+
+def summarise(table: pd.DataFrame, metric: str = "auroc", best_rule: str | None = None) -> dict:
+    """Per scorer: median, mean, worst (min) over runs where the metric is defined, the run count;
+    with ``best_rule``: the share of runs where the scorer is above that rule, and its worst deficit."""
+    out = {}
+    for name, g in table.groupby("scorer", sort=False):
+        v = g.set_index("run")[metric].dropna()
+        row = {"runs": int(len(v)), "median": float(v.median()) if len(v) else float("nan"),
+               "mean": float(v.mean()) if len(v) else float("nan"),
+               "worst": float(v.min()) if len(v) else float("nan"),
+               "worst_run": str(v.idxmin()) if len(v) else ""}
+        if best_rule is not None and name != best_rule:
+            rule = table[table["scorer"] == best_rule].set_index("run")[metric].reindex(v.index)
+            d = (v - rule).dropna()
+            row["above_rule_share"] = float((d > 0).mean()) if len(d) else float("nan")
+            row["worst_deficit_vs_rule"] = float(-d.min()) if len(d) else float("nan")
+        out[name] = row
+    return out
