@@ -445,6 +445,7 @@ class SimulatorConfig:
 
 
 def _noise_model(noise: NoiseModel | str) -> NoiseModel:
+    """A ``NoiseModel`` as given, or the named one ("white", "coloured", "realistic")."""
     if not isinstance(noise, str):
         return noise
     named = {"white": NoiseModel.white(), "coloured": NoiseModel.coloured(),
