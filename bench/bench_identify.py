@@ -68,14 +68,15 @@ def relion_queries(phantoms, box, px, seed, log):
     import shutil
     import tempfile
 
-    from cryolens.core.simulate.particles import ParticleSimulator
+    from cryolens.core.simulate.particles import ParticleSimulator, SimulatorConfig
     from cryolens.relion_ext.simulate import class2d_with_truth, write_project
 
     if not shutil.which("relion_refine"):
         log("relion_refine not found: RELION queries skipped")
         return None
     d = Path(tempfile.mkdtemp(prefix="bench_identify_relion_"))
-    sim = ParticleSimulator({ph.name: ph.density for ph in phantoms}, box=box, pixel_size=px, snr=0.1, junk=0.1)
+    sim = ParticleSimulator({ph.name: ph.density for ph in phantoms},
+                            SimulatorConfig(box=box, pixel_size=px, snr=0.1, junk=0.1))
     ps, images, truth = sim.dataset(1200, seed=seed)
     star = write_project(d, ps, images, truth)
     t = time.perf_counter()

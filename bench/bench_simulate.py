@@ -41,7 +41,7 @@ from cryolens.core.images import fourier_resize, normalize_background, radius_gr
 from cryolens.core.projector import Projector
 from cryolens.core.simulate.example import blob_phantom
 from cryolens.core.simulate.noise import NoiseModel, noise_psd, radial_power_spectrum, rfft_weights
-from cryolens.core.simulate.particles import CTFDistribution, ParticleSimulator, masked_variance
+from cryolens.core.simulate.particles import CTFDistribution, ParticleSimulator, SimulatorConfig, masked_variance
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SNRS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -133,13 +133,13 @@ def bench_speed(n: int, batch: int, seed: int, device: str, threads: int, n_base
         ("sim_particles_per_s_128px_realistic_junk10", dict(noise="realistic", ice_gradient=(0.0, 1.0), junk=0.1,
                                                             snr=(0.01, 1.0))),
     ]
-    base_sim = ParticleSimulator(vol, pixel_size=px, snr=0.1, device=device)
+    base_sim = ParticleSimulator(vol, SimulatorConfig(pixel_size=px, snr=0.1), device=device)
     base = naive_loop(base_sim, n_base, seed)
     ceiling = projector_rate(base_sim, n, batch, seed)
     exact_clean = base_sim.generate(32, seed=seed + 7, return_clean=True).clean
     for name, kw in configs:
         kw = {"snr": 0.1, **kw}
-        sim = ParticleSimulator(vol, pixel_size=px, device=device, **kw)
+        sim = ParticleSimulator(vol, SimulatorConfig(pixel_size=px, **kw), device=device)
         extra = {}
         if "projection_box" in kw:  # how close the band-limited particles are to the exact ones
             c = sim.generate(32, seed=seed + 7, return_clean=True).clean
@@ -229,8 +229,9 @@ def bench_realism(seed: int, n_sim: int) -> list[dict]:
         ctf = CTFDistribution((0.0, 1.0), (du.min(), du.max()), (ast.min(), ast.max()), (da.min(), da.max()))
         res = {}
         for method in ("cryolens", "cryolens_white_noise", "baseline"):
-            sim = ParticleSimulator(vol, box=box, pixel_size=px, volume_pixel_size=vpx, ctf=ctf, voltage=kv, cs=cs,
-                                    amp_contrast=q0, noise="white" if method != "cryolens" else "realistic")
+            sim = ParticleSimulator(vol, SimulatorConfig(box=box, pixel_size=px, volume_pixel_size=vpx, ctf=ctf,
+                                                         voltage=kv, cs=cs, amp_contrast=q0,
+                                                         noise="white" if method != "cryolens" else "realistic"))
             best = (np.inf, None, None)
             for snr in SNRS:
                 sim.snr = snr

@@ -54,7 +54,7 @@ def _short(name: str) -> str:
 def run_simulate(args: argparse.Namespace) -> int:
     from cryolens.core.figures import gallery
     from cryolens.core.simulate.classes import synthesize_classes
-    from cryolens.core.simulate.particles import ParticleSimulator
+    from cryolens.core.simulate.particles import ParticleSimulator, SimulatorConfig
     from cryolens.core.simulate.proteins import phantom_library
     from cryolens.relion_ext.simulate import class2d_with_truth, write_project
 
@@ -66,8 +66,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     for ph in phantoms:
         ph.save(out / "Simulated" / f"map_{ph.name}.mrc")
     species = _species(phantoms)
-    sim = ParticleSimulator(species, box=box, pixel_size=px, snr=args.snr, noise=args.noise, junk=args.junk,
-                            device=args.device)
+    sim = ParticleSimulator(species, SimulatorConfig(box=box, pixel_size=px, snr=args.snr, noise=args.noise,
+                                                     junk=args.junk), device=args.device)
     ps, images, truth = sim.dataset(args.n, seed=args.seed)
     star = write_project(out, ps, images, truth)
     print(f"wrote {len(ps)} particles of {box} px at {px} A/px ({', '.join(species)}; "

@@ -554,100 +554,155 @@ def _nan(k: str, n: int) -> np.ndarray:
     return np.full(n, np.nan)
 
 
-def _encode(table: pd.DataFrame, cs: dict, uid: np.ndarray, new_codecs: Sequence[_Codec],
-            slots: dict[str, list[Field]], source, invert_y: bool,
-            preset: dict[str, np.ndarray] | None = None) -> tuple[list[Field], dict[str, np.ndarray]]:
-    """File columns for ``table``: raw values where unchanged, converted values where changed.
+@dataclass(frozen=True)
+class _Rows:
+    """The rows to write and where each was in the file it was read from."""
 
-    ``cs`` is ``meta["cryosparc"]`` of the set (may be empty); ``new_codecs`` map canonical columns
-    the input's slots did not hold, adding their slots' fields; ``preset`` gives values of fields for
-    rows that were not read from a .cs (e.g. micrograph shapes from the MRC headers).
-    """
-    n = len(table)
+    uid: np.ndarray
+    pos: np.ndarray  # row -> index into ``raw``'s arrays (meaningful where ``have``)
+    have: np.ndarray  # bool per row: read from a .cs (raw values exist)
+    raw: dict[str, np.ndarray]  # meta["cryosparc"]["raw"]: field -> values in sorted-uid order
+    at_read: dict[str, np.ndarray]  # canonical values kept at read time (inexact codecs)
+    invert_y: bool  # the y convention of the file the raw values came from
+
+
+def _rows(cs: dict, uid: np.ndarray) -> _Rows:
+    """Look each uid up among the uids read (``raw_uid`` is sorted)."""
+    raw_uid = cs.get("raw_uid", np.zeros(0, np.uint64))
+    if len(raw_uid):
+        pos = np.minimum(np.searchsorted(raw_uid, uid), len(raw_uid) - 1)
+        have = raw_uid[pos] == uid
+    else:
+        pos, have = np.zeros(len(uid), dtype=np.int64), np.zeros(len(uid), dtype=bool)
+    return _Rows(uid, pos, have, cs.get("raw", {}), cs.get("at_read", {}), bool(cs.get("invert_y", False)))
+
+
+def _file_layout(cs: dict, new_codecs: Sequence[_Codec],
+                 slots: dict[str, list[Field]]) -> tuple[list[Field], list[_Codec], set[str]]:
+    """(fields, codecs, fields added): the input's fields and codecs, plus each new codec's slot
+    layout (only the fields the codec writes where the input holds part of that slot)."""
     descr: list[Field] = [tuple(f) for f in cs.get("descr", [("uid", "<u8")])]
     names = {_name(f) for f in descr}
     active = [_BY_NAME[c] for c in cs.get("codecs", []) if c in _BY_NAME]
     added: set[str] = set()
-    for c in new_codecs:  # slots the input lacked: add the whole slot layout
+    for c in new_codecs:
         if c in active:
             continue
         active.append(c)
         slot = slots[c.slot]
-        if any(_name(f) in names for f in slot):  # slot partly there: only what the codec writes
+        if any(_name(f) in names for f in slot):
             slot = [f for f in slot if _name(f) in c.writes]
         missing = [f for f in slot if _name(f) not in names]
         descr += missing
         names |= {_name(f) for f in missing}
         added |= {_name(f) for f in missing}
-    coded = {f for c in active for f in c.writes}
+    return descr, active, added
 
-    raw_uid = cs.get("raw_uid", np.zeros(0, np.uint64))
-    raw, at_read = cs.get("raw", {}), cs.get("at_read", {})
-    if len(raw_uid):
-        pos = np.minimum(np.searchsorted(raw_uid, uid), len(raw_uid) - 1)
-        have = raw_uid[pos] == uid
-    else:
-        pos, have = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
 
-    out: dict[str, np.ndarray] = {"uid": uid}
+def _initial_columns(table: pd.DataFrame, descr: list[Field], rows: _Rows, fresh: set[str],
+                     preset: dict[str, np.ndarray], source) -> dict[str, np.ndarray]:
+    """Every field before conversion: raw values of read rows, passthrough columns from the table,
+    defaults for ``fresh`` fields (new slots, codec outputs); ``preset`` values for rows not read."""
+    n = len(table)
+    out: dict[str, np.ndarray] = {"uid": rows.uid}
     for f in descr:
         name = _name(f)
         if name == "uid":
             continue
-        if name in raw:
+        if name in rows.raw:
             col = _empty(f, n)
-            col[have] = raw[name][pos[have]]
+            col[rows.have] = rows.raw[name][rows.pos[rows.have]]
         elif name in table.columns and not _shape(f):
             col = _passthrough_col(table[name], f, source)
-        elif name in added or name in coded:
+        elif name in fresh:
             col = _empty(f, n)
         else:
             continue  # a passthrough column the job dropped: not written
-        if preset and name in preset:
-            col[~have] = preset[name][~have]
+        if name in preset:
+            col[~rows.have] = preset[name][~rows.have]
         out[name] = col
+    return out
 
-    read_inv = cs.get("invert_y", invert_y)
+
+def _values_as_read(c: _Codec, rows: _Rows) -> dict[str, np.ndarray]:
+    """The canonical values of codec ``c`` each row had when read (NaN / None for new rows)."""
+    n = len(rows.uid)
+    if c.exact and rows.have.any() and all(f in rows.raw for f in c.fields):
+        return c.decode({f: rows.raw[f][rows.pos] for f in c.fields}, rows.invert_y)
+    if not c.exact and rows.have.any():
+        return {k: rows.at_read[k][rows.pos] if k in rows.at_read else _nan(k, n) for k in c.canon}
+    return {k: _nan(k, n) for k in c.canon}
+
+
+def _rows_to_convert(c: _Codec, cur: dict[str, np.ndarray | None], as_read: dict[str, np.ndarray],
+                     have: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(canonical values with blanks filled, rows to convert): changed rows and new rows.
+
+    A blank value of a read row is the value as read; of a new row, the codec's ``fill``, or (no
+    fill) the row keeps the fields' defaults.
+    """
+    changed = ~have
+    valid = np.ones(len(have), dtype=bool)
+    filled: dict[str, np.ndarray] = {}
+    for k in c.canon:
+        v = as_read[k].copy() if cur[k] is None else cur[k].copy()
+        missing = np.array([_isna(x) for x in v], dtype=bool) if v.dtype == object else np.isnan(v)
+        v[missing & have] = as_read[k][missing & have]
+        if c.fill is not None:
+            v[missing & ~have] = c.fill
+        else:
+            valid &= ~(missing & ~have)
+        filled[k] = v
+        changed = changed | (have & ~_same(v, as_read[k]))
+    return filled, np.flatnonzero(changed & valid)
+
+
+def _blob_path_prefix(c: _Codec, out: dict[str, np.ndarray], idx: np.ndarray, have: np.ndarray,
+                      cs: dict) -> np.ndarray:
+    """Per converted row: does ``blob/path`` get the leading ``>``? As read; new rows as the input's."""
+    if c.name != "image_stack" or "blob/path" not in out:
+        return np.zeros(len(idx), dtype=bool)
+    had = np.array([isinstance(p, str) and p.startswith(">") for p in out["blob/path"][idx]], dtype=bool)
+    return np.where(have[idx], had, cs.get("blob_path_prefix", "") == ">")
+
+
+def _convert_changed(c: _Codec, table: pd.DataFrame, rows: _Rows, out: dict[str, np.ndarray], cs: dict,
+                     source) -> None:
+    """Overwrite the fields of codec ``c`` in ``out`` for the rows whose canonical values changed."""
+    cur = {k: _canon_col(table, k) for k in c.canon}
+    if all(v is None for v in cur.values()):
+        return  # the job dropped these columns: raw values stay
+    cur, idx = _rows_to_convert(c, cur, _values_as_read(c, rows), rows.have)
+    if not len(idx):
+        return
+    old = {f: out[f][idx] for f in set(c.writes) | set(c.fields) if f in out}
+
+    def get(name: str) -> np.ndarray | None:
+        v = _canon_col(table, name)
+        return None if v is None else v[idx]
+
+    ctx = _Ctx(get, _blob_path_prefix(c, out, idx, rows.have, cs), rows.have[idx], rows.invert_y, source)
+    for fname, vals in c.encode({k: v[idx] for k, v in cur.items()}, old, ctx).items():
+        if fname in out:
+            out[fname][idx] = vals
+
+
+def _encode(table: pd.DataFrame, cs: dict, uid: np.ndarray, new_codecs: Sequence[_Codec],
+            slots: dict[str, list[Field]], source,
+            preset: dict[str, np.ndarray] | None = None) -> tuple[list[Field], dict[str, np.ndarray]]:
+    """File columns for ``table``: raw values where unchanged, converted values where changed.
+
+    ``cs`` is ``meta["cryosparc"]`` of the set (may be empty); ``new_codecs`` map canonical columns
+    the input's slots did not hold, adding their slots' fields (layouts from ``slots``); ``preset``
+    gives values of fields for rows that were not read from a .cs (e.g. micrograph shapes from the
+    MRC headers).
+    """
+    descr, active, added = _file_layout(cs, new_codecs, slots)
+    rows = _rows(cs, uid)
+    coded = {f for c in active for f in c.writes}
+    out = _initial_columns(table, descr, rows, added | coded, preset or {}, source)
     for c in active:
-        cur = {k: _canon_col(table, k) for k in c.canon}
-        if all(v is None for v in cur.values()):
-            continue  # the job dropped these columns: raw values stay
-        if c.exact and have.any() and all(f in raw for f in c.fields):
-            dec = c.decode({f: raw[f][pos] for f in c.fields}, read_inv)
-        elif not c.exact and have.any():
-            dec = {k: at_read[k][pos] if k in at_read else _nan(k, n) for k in c.canon}
-        else:
-            dec = {k: _nan(k, n) for k in c.canon}
-        changed = ~have
-        valid = np.ones(n, dtype=bool)
-        for k in c.canon:
-            v = dec[k].copy() if cur[k] is None else cur[k].copy()
-            missing = np.array([_isna(x) for x in v], dtype=bool) if v.dtype == object else np.isnan(v)
-            v[missing & have] = dec[k][missing & have]  # the job left it blank: as read
-            if c.fill is not None:
-                v[missing & ~have] = c.fill
-            else:
-                valid &= ~(missing & ~have)
-            cur[k] = v
-            changed = changed | (have & ~_same(v, dec[k]))
-        idx = np.flatnonzero(changed & valid)
-        if not len(idx):
-            continue
-        old = {f: out[f][idx] for f in set(c.writes) | set(c.fields) if f in out}
-        if c.name == "image_stack" and "blob/path" in out:
-            had = np.array([isinstance(p, str) and p.startswith(">") for p in out["blob/path"][idx]], dtype=bool)
-            prefix = np.where(have[idx], had, cs.get("blob_path_prefix", "") == ">")
-        else:
-            prefix = np.zeros(len(idx), dtype=bool)
-
-        def get(name: str, _idx=idx) -> np.ndarray | None:
-            v = _canon_col(table, name)
-            return None if v is None else v[_idx]
-
-        ctx = _Ctx(get, prefix, have[idx], invert_y, source)
-        for fname, vals in c.encode({k: v[idx] for k, v in cur.items()}, old, ctx).items():
-            if fname in out:
-                out[fname][idx] = vals
+        _convert_changed(c, table, rows, out, cs, source)
     return [f for f in descr if _name(f) in out], out
 
 
@@ -763,7 +818,7 @@ def write_particles(ps: ParticleSet, path: str | os.PathLike,
         box = _stack_boxes(t, ps.root)  # RELION 3.0 stars give no image size: ask the stacks
         if box is not None:
             preset["blob/shape"] = np.repeat(box[:, None], 2, axis=1)
-    descr, cols = _encode(t, cs_eff, uid, new, SLOTS, src, bool(cs.get("invert_y", False)), preset)
+    descr, cols = _encode(t, cs_eff, uid, new, SLOTS, src, preset)
     names = {_name(f) for f in descr}
     for c in t.columns:  # fields a job added (e.g. "cryolens/score")
         if "/" in str(c) and c not in names and c not in FIELDS:
@@ -895,6 +950,6 @@ def write_classes(classset: ClassSet, path: str | os.PathLike, project_dir: str 
     # per-class statistics are computed by CryoSPARC from the particles, never stored in templates
     t = t.drop(columns=[c for c in ("n_particles", "distribution", "posterior", "ess", "class_id",
                                     "acc_rot", "acc_trans", "completeness") if c in t.columns])
-    descr, cols = _encode(t, cs, uid, new, TEMPLATE_SLOTS, classset.source, False)
+    descr, cols = _encode(t, cs, uid, new, TEMPLATE_SLOTS, classset.source)
     _save(path, descr, cols)
     return path

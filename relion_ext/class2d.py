@@ -19,7 +19,7 @@ import pandas as pd
 from cryolens.core.errors import InputError
 from cryolens.core.particles import ClassSet, ParticleSet
 
-from .star import _split_image_names, find_project_root, read_blocks, read_particles
+from .star import find_project_root, format_image_names, read_blocks, read_particles, split_image_names
 
 _ITER = re.compile(r"^(?P<root>.*_it(?P<it>\d+))_(?P<kind>data|model|optimiser)\.star$")
 UNKNOWN_ACCURACY = 999.0  # RELION's sentinel for "not estimated" (empty classes)
@@ -79,7 +79,7 @@ def class_table(classes: pd.DataFrame, pixel_size: float | None, path: Path) -> 
 
     999 accuracies become NaN (not estimated), ``inf`` resolutions stay inf, ``-nan`` is NaN.
     """
-    stack, index, _ = _split_image_names(classes["rlnReferenceImage"], path)
+    stack, index, _ = split_image_names(classes["rlnReferenceImage"], path)
     table = pd.DataFrame({"class_id": np.arange(1, len(classes) + 1, dtype=np.int64),
                           "image_stack": stack.values, "image_index": index.values})
     if "rlnClassDistribution" in classes:
@@ -152,9 +152,7 @@ def class_rows(cs: ClassSet) -> pd.DataFrame:
     if isinstance(raw, pd.DataFrame) and "class_id" in cs.table:
         rows = raw.iloc[cs.table["class_id"].to_numpy(np.int64) - 1].reset_index(drop=True)
     else:
-        from .star import _format_image_names
-
-        rows = pd.DataFrame({"rlnReferenceImage": _format_image_names(cs.table["image_stack"], cs.table["image_index"], 6)})
+        rows = pd.DataFrame({"rlnReferenceImage": format_image_names(cs.table["image_stack"], cs.table["image_index"], 6)})
         for field, label in (("distribution", "rlnClassDistribution"), ("acc_rot", "rlnAccuracyRotations"),
                              ("acc_trans", "rlnAccuracyTranslationsAngst"), ("resolution", "rlnEstimatedResolution")):
             if field in cs.table:

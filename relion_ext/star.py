@@ -112,7 +112,7 @@ def write_blocks(path: str | os.PathLike, blocks: dict[str, Any], version: int |
 
 
 # -- particle STAR -> ParticleSet -------------------------------------------------------------
-def _split_image_names(names: pd.Series, path: Path) -> tuple[pd.Series, pd.Series, int]:
+def split_image_names(names: pd.Series, path: Path) -> tuple[pd.Series, pd.Series, int]:
     """``NNN@stack`` -> (stack, 0-based index, zero-padding width; 0 = unpadded)."""
     names = names.astype(str)
     if len(names) == 0:
@@ -135,7 +135,8 @@ def _split_image_names(names: pd.Series, path: Path) -> tuple[pd.Series, pd.Seri
     return stack, (num.astype(np.int64) - 1), width
 
 
-def _format_image_names(stack: pd.Series, index: pd.Series, width: int) -> pd.Series:
+def format_image_names(stack: pd.Series, index: pd.Series, width: int) -> pd.Series:
+    """(stack, 0-based index) -> ``NNN@stack``, the index zero-padded to ``width`` digits (0: not)."""
     idx = (index.astype(np.int64) + 1).astype(str)
     if width:
         idx = idx.str.zfill(width)
@@ -167,34 +168,39 @@ def _to_numeric_checked(col: pd.Series, label: str, path: Path) -> pd.Series:
     return num
 
 
-def read_particles(path: str | os.PathLike, root: str | os.PathLike | None = None) -> ParticleSet:
-    """Read a RELION particle STAR file (3.0, 3.1, 4.0 or 5.0) into a ParticleSet."""
-    path = Path(path)
-    blocks = read_blocks(path)
-    version_tag = header_version(path)
-    optics = blocks.get("optics")
-    if optics is not None and not isinstance(optics, pd.DataFrame):
-        optics = pd.DataFrame([optics])
+def _particle_block(blocks: dict[str, Any], path: Path) -> tuple[str, pd.DataFrame]:
+    """(name, table) of the particle loop: ``data_particles``, else the only loop besides optics."""
     loops = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame) and k != "optics"}
     if "particles" in loops:
-        block_name = "particles"
+        name = "particles"
     elif len(loops) == 1:
-        block_name = next(iter(loops))
+        name = next(iter(loops))
     else:
         raise InputError(f"no particles block (found blocks: {', '.join(blocks)})", path)
-    raw = loops[block_name]
+    raw = loops[name]
     if "rlnImageName" not in raw.columns:
         raise InputError("missing column rlnImageName (is this a particle STAR file?)", path)
     if len(raw) == 0:
         raise InputError("the particles table is empty", path)
+    return name, raw
 
+
+def _optics_block(blocks: dict[str, Any]) -> pd.DataFrame | None:
+    """``data_optics`` as a table (starfile gives a one-row block as a dict), None for RELION 3.0."""
+    optics = blocks.get("optics")
+    if optics is not None and not isinstance(optics, pd.DataFrame):
+        optics = pd.DataFrame([optics])
+    return optics
+
+
+def _map_particle_labels(raw: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[str, str], int]:
+    """(table, labels, name width): canonical fields from the labels of ``PARTICLE_LABELS`` (in
+    the input's column order), other labels passed through; ``labels`` maps field -> its label."""
     table = pd.DataFrame(index=raw.index)
-    labels: dict[str, str] = {}
-    stack, index, width = _split_image_names(raw["rlnImageName"], path)
+    stack, index, width = split_image_names(raw["rlnImageName"], path)
     table["image_stack"] = stack.values
     table["image_index"] = index.values
-    labels.update(image_stack="rlnImageName", image_index="rlnImageName")
-
+    labels = {"image_stack": "rlnImageName", "image_index": "rlnImageName"}
     for label in raw.columns:
         if label == "rlnImageName":
             continue
@@ -210,50 +216,74 @@ def read_particles(path: str | os.PathLike, root: str | os.PathLike | None = Non
         else:
             table[field] = _to_numeric_checked(raw[label], label, path)
         labels[field] = label
+    return table, labels, width
 
-    optics_raw = None
-    if optics is not None:
-        if "rlnOpticsGroup" not in optics.columns:
-            raise InputError("optics table has no rlnOpticsGroup column", path)
-        optics_raw = optics.copy()
-        if "optics_group" not in table.columns:
-            if len(optics) != 1:
-                raise InputError("missing column rlnOpticsGroup in particles (several optics groups defined)", path)
-            table["optics_group"] = int(optics["rlnOpticsGroup"].iloc[0])
-        og = optics.set_index(optics["rlnOpticsGroup"].astype(int))
-        unknown = set(table["optics_group"].astype(int)) - set(og.index)
-        if unknown:
-            raise InputError(f"particles refer to optics group(s) {sorted(unknown)} not in data_optics", path)
-        for label, field in OPTICS_LABELS.items():
-            if field == "optics_group" or label not in og.columns:
-                continue
-            values = _to_numeric_checked(og[label], label, path)
-            table[field] = table["optics_group"].astype(int).map(values).to_numpy()
-            labels[field] = label
-        version = "5.0" if (version_tag == 50001 or width == 8) else "3.1"
-    else:
-        version = "3.0"
-        if "pixel_size" not in table.columns:
-            if {"rlnDetectorPixelSize", "rlnMagnification"} <= set(raw.columns):
-                det = _to_numeric_checked(raw["rlnDetectorPixelSize"], "rlnDetectorPixelSize", path)
-                mag = _to_numeric_checked(raw["rlnMagnification"], "rlnMagnification", path)
-                table["pixel_size"] = det * 1e4 / mag
-                labels["pixel_size"] = "rlnDetectorPixelSize/rlnMagnification"
 
-    # pre-3.1 origins in pixels: canonical shifts are Angstrom
+def _join_optics(table: pd.DataFrame, labels: dict[str, str], optics: pd.DataFrame, path: Path) -> None:
+    """Copy each particle's optics-group values (``OPTICS_LABELS``) into ``table`` (RELION 3.1+)."""
+    if "rlnOpticsGroup" not in optics.columns:
+        raise InputError("optics table has no rlnOpticsGroup column", path)
+    if "optics_group" not in table.columns:
+        if len(optics) != 1:
+            raise InputError("missing column rlnOpticsGroup in particles (several optics groups defined)", path)
+        table["optics_group"] = int(optics["rlnOpticsGroup"].iloc[0])
+    by_group = optics.set_index(optics["rlnOpticsGroup"].astype(int))
+    groups = table["optics_group"].astype(int)
+    unknown = set(groups) - set(by_group.index)
+    if unknown:
+        raise InputError(f"particles refer to optics group(s) {sorted(unknown)} not in data_optics", path)
+    for label, field in OPTICS_LABELS.items():
+        if field == "optics_group" or label not in by_group.columns:
+            continue
+        table[field] = groups.map(_to_numeric_checked(by_group[label], label, path)).to_numpy()
+        labels[field] = label
+
+
+def _pixel_size_from_magnification(table: pd.DataFrame, labels: dict[str, str], raw: pd.DataFrame,
+                                   path: Path) -> None:
+    """RELION 3.0 files may give no rlnImagePixelSize: pixel size = detector pixel (um) / magnification."""
+    if "pixel_size" in table.columns or not {"rlnDetectorPixelSize", "rlnMagnification"} <= set(raw.columns):
+        return
+    det = _to_numeric_checked(raw["rlnDetectorPixelSize"], "rlnDetectorPixelSize", path)
+    mag = _to_numeric_checked(raw["rlnMagnification"], "rlnMagnification", path)
+    table["pixel_size"] = det * 1e4 / mag
+    labels["pixel_size"] = "rlnDetectorPixelSize/rlnMagnification"
+
+
+def _origins_to_angstrom(table: pd.DataFrame, labels: dict[str, str], raw: pd.DataFrame,
+                         path: Path) -> pd.DataFrame:
+    """Pre-3.1 origins (``rlnOriginX/Y``, pixels) -> canonical shifts (Angstrom), keeping the raw
+    text and the value it stood for so that unchanged rows are written back verbatim."""
     for axis in ("X", "Y"):
         px_label, field = f"rlnOrigin{axis}", f"shift_{axis.lower()}"
-        if px_label in raw.columns:
-            px = _to_numeric_checked(raw[px_label], px_label, path)
-            table = table.drop(columns=[px_label])
-            if field not in table.columns:
-                if "pixel_size" not in table.columns:
-                    raise InputError(f"{px_label} is in pixels but the file gives no pixel size", path)
-                table[field] = px.to_numpy() * table["pixel_size"].to_numpy()
-                labels[field] = px_label
-            # raw text and the canonical value it stood for: unchanged rows are written verbatim
-            table[RAW + px_label] = raw[px_label].to_numpy()
-            table[RAW + field] = table[field].to_numpy()
+        if px_label not in raw.columns:
+            continue
+        px = _to_numeric_checked(raw[px_label], px_label, path)
+        table = table.drop(columns=[px_label])
+        if field not in table.columns:
+            if "pixel_size" not in table.columns:
+                raise InputError(f"{px_label} is in pixels but the file gives no pixel size", path)
+            table[field] = px.to_numpy() * table["pixel_size"].to_numpy()
+            labels[field] = px_label
+        table[RAW + px_label] = raw[px_label].to_numpy()
+        table[RAW + field] = table[field].to_numpy()
+    return table
+
+
+def read_particles(path: str | os.PathLike, root: str | os.PathLike | None = None) -> ParticleSet:
+    """Read a RELION particle STAR file (3.0, 3.1, 4.0 or 5.0) into a ParticleSet."""
+    path = Path(path)
+    blocks = read_blocks(path)
+    block_name, raw = _particle_block(blocks, path)
+    optics = _optics_block(blocks)
+    table, labels, width = _map_particle_labels(raw, path)
+    if optics is not None:
+        _join_optics(table, labels, optics, path)
+        version = "5.0" if (header_version(path) == 50001 or width == 8) else "3.1"
+    else:
+        _pixel_size_from_magnification(table, labels, raw, path)
+        version = "3.0"
+    table = _origins_to_angstrom(table, labels, raw, path)
     table[RAW + "rlnImageName"] = raw["rlnImageName"].astype(str).to_numpy()
 
     root_path = Path(root) if root is not None else find_project_root(path, str(table["image_stack"].iloc[0]))
@@ -264,7 +294,7 @@ def read_particles(path: str | os.PathLike, root: str | os.PathLike | None = Non
             "name_width": width,
             "particle_labels": list(raw.columns),
             "block_name": block_name,
-            "optics": optics_raw,
+            "optics": None if optics is None else optics.copy(),
         },
     }
     ps = ParticleSet(table.reset_index(drop=True), root=root_path, source=str(path), meta=meta)
@@ -276,11 +306,11 @@ def read_particles(path: str | os.PathLike, root: str | os.PathLike | None = Non
 def _derived_value(ps: ParticleSet, label: str, width: int) -> pd.Series:
     t = ps.table
     if label == "rlnImageName":
-        fresh = _format_image_names(t["image_stack"], t["image_index"], width)
+        fresh = format_image_names(t["image_stack"], t["image_index"], width)
         raw = t.get(RAW + label)
         if raw is None or width != ps.meta.get("relion", {}).get("name_width"):
             return fresh  # no raw text, or a different index width asked for (e.g. 3.1 -> 5.0)
-        stack, index, _ = _split_image_names(raw.fillna("0@"), Path(ps.source or "?"))
+        stack, index, _ = split_image_names(raw.fillna("0@"), Path(ps.source or "?"))
         same = (stack.astype(str).values == t["image_stack"].astype(str).values) & (index.values == t["image_index"].values)
         return pd.Series(np.where(same, raw.values, fresh.values), index=t.index)
     field = f"shift_{label[-1].lower()}"

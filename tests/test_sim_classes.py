@@ -9,7 +9,7 @@ from cryolens.core.geometry import euler_to_matrix
 from cryolens.core.images import lowpass, soft_circular_mask
 from cryolens.core.simulate.classes import class_average_like, frc_resolution, synthesize_classes, wiener_transfer
 from cryolens.core.simulate.example import blob_phantom
-from cryolens.core.simulate.particles import ParticleSimulator
+from cryolens.core.simulate.particles import ParticleSimulator, SimulatorConfig
 
 BOX, PX = 48, 4.0
 VOLS = {"A": blob_phantom(BOX, 1), "B": blob_phantom(BOX, 2)}
@@ -42,7 +42,7 @@ def classes():
 
 
 def truth_projection(species: str, rot: float, tilt: float, res: float) -> np.ndarray:
-    sim = ParticleSimulator(VOLS, box=BOX, pixel_size=PX)
+    sim = ParticleSimulator(VOLS, SimulatorConfig(box=BOX, pixel_size=PX))
     sp = [s.name for s in sim.species].index(species)
     A = torch.as_tensor(euler_to_matrix(np.array([[rot, tilt, 0.0]])), dtype=torch.float32)
     return lowpass(sim.project(sp, 0, A, np.zeros((1, 2))), PX, res)[0].numpy()

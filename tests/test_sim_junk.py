@@ -8,7 +8,7 @@ import torch
 from cryolens.core.images import lowpass, radius_grid, soft_circular_mask
 from cryolens.core.simulate.example import blob_phantom
 from cryolens.core.simulate.junk import DESCRIPTIONS, JUNK_TYPES, junk_fractions
-from cryolens.core.simulate.particles import ParticleSimulator
+from cryolens.core.simulate.particles import ParticleSimulator, SimulatorConfig
 
 BOX, PX, N = 64, 2.0, 24
 VOL = blob_phantom(BOX, 0)
@@ -28,7 +28,8 @@ _cache: dict = {}
 def batch(kind: str, seed: int = 5):
     """N normalised particles of one junk type ('none': good ones) at SNR 1, white noise."""
     if (kind, seed) not in _cache:
-        sim = ParticleSimulator(VOL, pixel_size=PX, snr=1.0, junk=None if kind == "none" else {kind: 1.0})
+        sim = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, snr=1.0,
+                                                     junk=None if kind == "none" else {kind: 1.0}))
         _cache[kind, seed] = sim.generate(N, seed=seed, return_clean=True)
     return _cache[kind, seed]
 
@@ -141,7 +142,7 @@ def test_every_junk_type_is_generated_and_flagged(kind):
     assert torch.isfinite(b.images).all() and b.images.shape == (N, BOX, BOX)
     assert kind in DESCRIPTIONS
     # it is not a good particle: the noiseless image differs from the good particle at its pose
-    good = ParticleSimulator(VOL, pixel_size=PX, snr=1.0)
+    good = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, snr=1.0))
     t2 = {k: np.asarray(v).copy() for k, v in b.truth.items()}
     t2["junk_type"][:] = "none"
     t2["is_junk"][:] = False
@@ -155,7 +156,8 @@ def test_every_junk_type_is_generated_and_flagged(kind):
 
 
 def test_junk_mixture_fractions_and_flags():
-    sim = ParticleSimulator(VOL, pixel_size=PX, junk={"empty": 0.2, "ice_contamination": 0.1, "off_centre": 0.1})
+    sim = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, junk={"empty": 0.2, "ice_contamination": 0.1,
+                                                                      "off_centre": 0.1}))
     t = sim.sample(5000, np.random.default_rng(0))
     frac = {k: np.mean(t["junk_type"] == k) for k in ("none", "empty", "ice_contamination", "off_centre")}
     assert abs(frac["none"] - 0.6) < 0.03 and abs(frac["empty"] - 0.2) < 0.02 and abs(frac["off_centre"] - 0.1) < 0.02
@@ -169,8 +171,8 @@ def test_junk_mixture_fractions_and_flags():
 
 
 def test_junk_is_reproducible_from_its_seed():
-    a = ParticleSimulator(VOL, pixel_size=PX, junk=1.0).generate(14, seed=3, return_clean=True)
-    b = ParticleSimulator(VOL, pixel_size=PX, junk=1.0).generate(14, seed=3, return_clean=True)
+    a = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, junk=1.0)).generate(14, seed=3, return_clean=True)
+    b = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, junk=1.0)).generate(14, seed=3, return_clean=True)
     assert torch.equal(a.clean, b.clean) and (a.truth["junk_seed"] == b.truth["junk_seed"]).all()
 
 

@@ -14,8 +14,9 @@ from cryolens.core.projector import Projector
 from cryolens.core.simulate.example import blob_phantom
 from cryolens.core.simulate.noise import NoiseModel, coloured_noise, ice_background, noise_psd, radial_power_spectrum
 from cryolens.core.simulate.particles import (
-    CTFDistribution, FixedOrientations, ParticleSimulator, PreferredOrientations, Species, TiltRange,
-    UniformOrientations, masked_variance, prepare_volume, simulate_particles, stream_particles, view_directions)
+    CTFDistribution, FixedOrientations, ParticleSimulator, PreferredOrientations, SimulatorConfig, Species,
+    TiltRange, UniformOrientations, masked_variance, prepare_volume, simulate_particles, stream_particles,
+    view_directions)
 
 BOX, PX = 64, 2.0
 VOL = blob_phantom(BOX, 0)
@@ -50,14 +51,14 @@ def ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def test_same_seed_same_bytes_and_stream_equals_dataset():
     kw = dict(pixel_size=PX, snr=(0.05, 1.0), noise="realistic", ice_gradient=(0.0, 2.0), junk=0.4,
               particles_per_micrograph=7)
-    a = ParticleSimulator(VOL, **kw).generate(24, seed=11)
-    b = ParticleSimulator(VOL, **kw).generate(24, seed=11)
+    a = ParticleSimulator(VOL, SimulatorConfig(**kw)).generate(24, seed=11)
+    b = ParticleSimulator(VOL, SimulatorConfig(**kw)).generate(24, seed=11)
     assert a.images.numpy().tobytes() == b.images.numpy().tobytes()
     assert a.frame.equals(b.frame)
-    c = ParticleSimulator(VOL, **kw).generate(24, seed=12)
+    c = ParticleSimulator(VOL, SimulatorConfig(**kw)).generate(24, seed=12)
     assert not torch.equal(a.images, c.images)
-    ps, imgs, truth = ParticleSimulator(VOL, **kw).dataset(40, seed=11, batch_size=24)
-    first = next(stream_particles(VOL, batch_size=24, seed=11, **kw))
+    ps, imgs, truth = ParticleSimulator(VOL, SimulatorConfig(**kw)).dataset(40, seed=11, batch_size=24)
+    first = next(stream_particles(VOL, SimulatorConfig(**kw), batch_size=24, seed=11))
     assert imgs[:24].tobytes() == first.images.numpy().tobytes()
     assert imgs.dtype == np.float32 and imgs.shape == (40, BOX, BOX) and len(ps) == len(truth) == 40
     assert (truth["particle"].to_numpy() == np.arange(40)).all()
@@ -65,7 +66,7 @@ def test_same_seed_same_bytes_and_stream_equals_dataset():
 
 # -- ground truth ---------------------------------------------------------------------------------------
 def test_truth_pose_and_ctf_reproduce_the_noiseless_particle():
-    sim = ParticleSimulator(VOL, pixel_size=PX, snr=0.3, bfactor=(0, 150), shift_sd_A=3.0)
+    sim = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, snr=0.3, bfactor=(0, 150), shift_sd_A=3.0))
     b = sim.generate(32, seed=3, return_clean=True)
     ref = independent_signal(b.truth)
     assert ncc(ref, b.clean).min() > 0.999
@@ -88,8 +89,8 @@ def test_truth_pose_and_ctf_reproduce_the_noiseless_particle():
 
 
 def test_band_limited_projection_matches_the_exact_one():
-    exact = ParticleSimulator(VOL, pixel_size=PX, snr=1.0, bfactor=100.0)
-    fast = ParticleSimulator(VOL, pixel_size=PX, snr=1.0, bfactor=100.0, projection_box=48)
+    exact = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, snr=1.0, bfactor=100.0))
+    fast = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, snr=1.0, bfactor=100.0, projection_box=48))
     t = exact.sample(16, np.random.default_rng(1))
     A = torch.as_tensor(euler_to_matrix(np.stack([t["rot"], t["tilt"], t["psi"]], -1)), dtype=torch.float32)
     sh = np.stack([t["shift_x"], t["shift_y"]], -1) / PX
@@ -114,8 +115,8 @@ def test_volumes_are_resampled_to_the_image_pixel_size():
 
 
 def test_truth_table_is_complete_and_the_particle_set_is_usable():
-    sim = ParticleSimulator({"a": VOL, "b": blob_phantom(BOX, 5)}, pixel_size=PX, junk=0.5, noise="coloured",
-                            ice_gradient=1.0, particles_per_micrograph=10)
+    sim = ParticleSimulator({"a": VOL, "b": blob_phantom(BOX, 5)}, SimulatorConfig(
+        pixel_size=PX, junk=0.5, noise="coloured", ice_gradient=1.0, particles_per_micrograph=10))
     ps, imgs, truth = sim.dataset(60, seed=2, batch_size=32)
     needed = {"particle", "species", "species_id", "conformation", "conformation_state", "rot", "tilt", "psi",
               "shift_x", "shift_y", "defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amp_contrast",
@@ -141,7 +142,7 @@ def test_conformations_from_a_callable_and_species_weights():
         return v
 
     sim = ParticleSimulator([Species("moving", vol_at, weight=3.0, conformations=4), Species("still", VOL)],
-                            pixel_size=PX, snr=1.0)
+                            SimulatorConfig(pixel_size=PX, snr=1.0))
     b = sim.generate(200, seed=0, return_clean=True)
     t = b.frame
     used = set(np.round(t.loc[t.species == "moving", "conformation"], 6))
@@ -177,7 +178,7 @@ def measured_snr(images: torch.Tensor, signal: torch.Tensor, radius) -> np.ndarr
 @pytest.mark.parametrize("noise", ["white", "realistic"])
 def test_measured_snr_matches_the_requested_snr(noise):
     for snr in (0.01, 0.1, 1.0):
-        sim = ParticleSimulator(VOL, pixel_size=PX, snr=snr, noise=noise)
+        sim = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, snr=snr, noise=noise))
         b = sim.generate(128 if snr < 0.05 else 48, seed=7)
         got = measured_snr(b.images, independent_signal(b.truth), b.truth["mask_radius_px"])
         assert abs(np.mean(got) / snr - 1) < 0.2, (snr, np.mean(got))
@@ -187,7 +188,7 @@ def test_measured_snr_matches_the_requested_snr(noise):
 
 
 def test_snr_range_is_log_uniform():
-    t = ParticleSimulator(VOL, pixel_size=PX, snr=(0.01, 1.0)).sample(4000, np.random.default_rng(0))
+    t = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, snr=(0.01, 1.0))).sample(4000, np.random.default_rng(0))
     lg = np.log10(t["snr"])
     assert lg.min() >= -2 - 1e-9 and lg.max() <= 1e-9
     assert stats.kstest((lg + 2) / 2, "uniform").pvalue > 0.01
@@ -236,7 +237,7 @@ def test_tilt_range_restricts_views_uniformly_on_the_band():
     fixed = FixedOrientations(np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), cycle=True)
     fixed = fixed.sample(4, np.random.default_rng(0))
     np.testing.assert_array_equal(fixed[2], [1, 2, 3])
-    sim = ParticleSimulator(VOL, pixel_size=PX, orientation=TiltRange(80, 100))
+    sim = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, orientation=TiltRange(80, 100)))
     assert (np.abs(sim.sample(100, np.random.default_rng(0))["tilt"] - 90) <= 10 + 1e-9).all()
 
 
@@ -261,7 +262,7 @@ def test_sampled_defocus_matches_the_real_betagal_file():
     np.testing.assert_allclose(np.quantile(du, d.levels), d.defocus_u, atol=0.06)
     np.testing.assert_allclose(np.quantile(du - dv, d.levels), d.astigmatism, atol=0.06)
     np.testing.assert_allclose(np.quantile(ang, d.levels), d.angle, atol=0.006)
-    sim = ParticleSimulator(VOL, pixel_size=PX)
+    sim = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX))
     t = sim.sample(len(real), np.random.default_rng(5))
     qs = (0.1, 0.25, 0.5, 0.75, 0.9)
     np.testing.assert_allclose(np.quantile(t["defocus_u"], qs), np.quantile(du, qs), rtol=0.02)
@@ -289,7 +290,7 @@ def test_coloured_noise_has_the_asked_radial_spectrum_slope(slope):
     # white noise is flat, and the simulator's noise (empty picks, no normalisation) has the slope
     fw, pw = radial_power_spectrum(coloured_noise(64, box, None, g), px)
     assert abs(loglog_slope(fw, pw, 0.05, 0.45)) < 0.1
-    sim = ParticleSimulator(VOL, pixel_size=px, noise=model, junk={"empty": 1.0}, normalize=False)
+    sim = ParticleSimulator(VOL, SimulatorConfig(pixel_size=px, noise=model, junk={"empty": 1.0}, normalize=False))
     b = sim.generate(64, seed=0)
     f2, p2 = radial_power_spectrum(b.images, px)
     assert abs(-loglog_slope(f2, p2, 5 / knee, 0.45) / slope - 1) < 0.1
@@ -312,8 +313,8 @@ def test_ice_background_is_low_frequency_and_excluded_from_the_snr():
     f, p = radial_power_spectrum(bg)
     assert p[:4].sum() / p.sum() > 0.95
     kw = dict(pixel_size=PX, snr=0.5, normalize=False)
-    plain = ParticleSimulator(VOL, **kw).generate(8, seed=4, return_clean=True)
-    icy = ParticleSimulator(VOL, ice_gradient=3.0, **kw).generate(8, seed=4, return_clean=True)
+    plain = ParticleSimulator(VOL, SimulatorConfig(**kw)).generate(8, seed=4, return_clean=True)
+    icy = ParticleSimulator(VOL, SimulatorConfig(ice_gradient=3.0, **kw)).generate(8, seed=4, return_clean=True)
     extra = icy.images - plain.images
     assert torch.equal(plain.clean, icy.clean)
     fx, px_ = radial_power_spectrum(extra)
@@ -322,7 +323,7 @@ def test_ice_background_is_low_frequency_and_excluded_from_the_snr():
 
 
 def test_relion_normalisation_of_the_output():
-    b = ParticleSimulator(VOL, pixel_size=PX, snr=0.5, ice_gradient=2.0).generate(16, seed=1)
+    b = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, snr=0.5, ice_gradient=2.0)).generate(16, seed=1)
     r = radius_grid(BOX)
     bg = b.images[:, r > round(0.375 * BOX)]
     np.testing.assert_allclose(bg.mean(1).numpy(), 0, atol=1e-5)
@@ -330,7 +331,7 @@ def test_relion_normalisation_of_the_output():
 
 
 def test_simulate_particles_function_and_masked_variance():
-    ps, imgs, truth = simulate_particles(10, VOL, seed=0, pixel_size=PX, box=48)
+    ps, imgs, truth = simulate_particles(10, VOL, SimulatorConfig(pixel_size=PX, box=48), seed=0)
     assert imgs.shape == (10, 48, 48) and (ps.table["box"] == 48).all()
     x = torch.zeros(1, 9, 9)
     x[0, 4, 4] = 1.0
@@ -340,8 +341,8 @@ def test_simulate_particles_function_and_masked_variance():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu_in_distribution():
-    sim = ParticleSimulator(VOL, pixel_size=PX, snr=0.5, device="cuda")
+    sim = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, snr=0.5), device="cuda")
     b = sim.generate(16, seed=0, return_clean=True)
-    cpu = ParticleSimulator(VOL, pixel_size=PX, snr=0.5).generate(16, seed=0, return_clean=True)
+    cpu = ParticleSimulator(VOL, SimulatorConfig(pixel_size=PX, snr=0.5)).generate(16, seed=0, return_clean=True)
     assert b.images.device.type == "cuda"
     assert ncc(b.clean.cpu(), cpu.clean).min() > 0.999

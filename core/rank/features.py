@@ -21,6 +21,7 @@ computed by ``isolation_features`` from embeddings the ranker provides.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,8 @@ from ..particles import ClassSet
 FEATURE_BOX = 64
 DISK = 0.46  # radius of the analysed disk, fraction of the box (class averages are masked near 0.5)
 
+# Column orders of the feature tables: the shipped rank model (core/weights/rank.pt) was trained
+# on them, so a new feature is appended, never inserted.
 STAT_FEATURES = ("log_count", "rel_count", "rel_share", "inv_res", "nyquist_frac", "rel_res", "weighted_res",
                  "empty", "log_acc_rot", "rel_acc_rot", "acc_trans_px", "ess", "posterior", "completeness")
 IMAGE_FEATURES = (
@@ -42,6 +45,19 @@ IMAGE_FEATURES = (
     "spec_slope", "spec_high", "spec_aniso", "spec_peak", "rot_r2", "grad_ratio", "outside_sd", "flatness",
 )
 ISOLATION_FEATURES = ("knn_dist", "rel_knn_dist")
+
+
+# -- feature tables --------------------------------------------------------------------------
+def _columns(named: dict, names: tuple[str, ...], k: int) -> np.ndarray:
+    """(k, len(names)) float64 with the column of each name in ``names`` order, the order the
+    shipped rank model was trained on (scalars are broadcast); non-finite values become NaN."""
+    if set(named) != set(names):
+        raise RuntimeError(f"features computed {sorted(set(named) - set(names))} are not named, "
+                           f"named {sorted(set(names) - set(named))} are not computed")
+    cols = [named[name].numpy() if isinstance(named[name], torch.Tensor) else named[name] for name in names]
+    out = np.stack([np.broadcast_to(np.asarray(c, dtype=np.float64), (k,)) for c in cols], 1)
+    out[~np.isfinite(out)] = np.nan
+    return out
 
 
 # -- statistics --------------------------------------------------------------------------------
@@ -62,46 +78,41 @@ def class_counts(cs: ClassSet) -> np.ndarray:
 def stat_features(cs: ClassSet) -> np.ndarray:
     """(K, len(STAT_FEATURES)) float64; NaN where the source does not say."""
     t = cs.table
-    k = len(t)
     n = class_counts(cs)
     share = _col(t, "distribution")
     if np.isnan(share).all() and np.isfinite(n).any() and np.nansum(n) > 0:
         share = n / np.nansum(n)
     res = _col(t, "resolution")
     px = float(cs.pixel_size) if cs.pixel_size else np.nan
-    out = np.full((k, len(STAT_FEATURES)), np.nan)
-    f = {name: i for i, name in enumerate(STAT_FEATURES)}
+    feats: dict[str, np.ndarray | float] = {}
     with np.errstate(divide="ignore", invalid="ignore"):
-        out[:, f["log_count"]] = np.log1p(n)
+        feats["log_count"] = np.log1p(n)
         med = np.nanmedian(n) if np.isfinite(n).any() else np.nan
-        out[:, f["rel_count"]] = np.log1p(n) - np.log1p(med)
-        out[:, f["rel_share"]] = np.log(np.clip(share * k, 1e-4, None))
+        feats["rel_count"] = np.log1p(n) - np.log1p(med)
+        feats["rel_share"] = np.log(np.clip(share * len(t), 1e-4, None))
         # inf resolution (empty class, or no signal) is "no resolution": 0 in the inverse
         finite = np.isfinite(res) & (res > 0)
         inv = np.where(finite, 1.0 / np.where(finite, res, 1.0), np.where(np.isnan(res), np.nan, 0.0))
-        out[:, f["inv_res"]] = 10.0 * inv
-        out[:, f["nyquist_frac"]] = 2.0 * px * inv if np.isfinite(px) else np.nan
+        feats["inv_res"] = 10.0 * inv
+        feats["nyquist_frac"] = 2.0 * px * inv if np.isfinite(px) else np.nan
         best = np.nanmax(inv) if np.isfinite(inv).any() else np.nan
-        out[:, f["rel_res"]] = inv / best if best and best > 0 else np.where(np.isnan(inv), np.nan, 0.0)
+        feats["rel_res"] = inv / best if best and best > 0 else np.where(np.isnan(inv), np.nan, 0.0)
         # RELION's "weighted resolution" d^2 / ln N: resolution that many particles should have reached
         r = np.where(finite, res, 200.0)
-        out[:, f["weighted_res"]] = np.where(np.isfinite(n) & ~np.isnan(res),
-                                             2 * np.log(np.minimum(r, 200.0)) - np.log(np.log(np.maximum(n, 1) + 2)),
-                                             np.nan)
+        feats["weighted_res"] = np.where(np.isfinite(n) & ~np.isnan(res),
+                                         2 * np.log(np.minimum(r, 200.0)) - np.log(np.log(np.maximum(n, 1) + 2)),
+                                         np.nan)
         empty = np.where(np.isfinite(n), (n <= 0).astype(float), np.nan)
-        empty = np.where(np.isinf(res), 1.0, empty)
-        out[:, f["empty"]] = empty
+        feats["empty"] = np.where(np.isinf(res), 1.0, empty)
         acc = _col(t, "acc_rot")
-        out[:, f["log_acc_rot"]] = np.log1p(np.clip(acc, 0, 180))
-        out[:, f["rel_acc_rot"]] = np.log1p(np.clip(acc, 0, 180)) - np.nanmedian(np.log1p(np.clip(acc, 0, 180))) \
-            if np.isfinite(acc).any() else np.nan
+        log_acc = np.log1p(np.clip(acc, 0, 180))
+        feats["log_acc_rot"] = log_acc
+        feats["rel_acc_rot"] = log_acc - np.nanmedian(log_acc) if np.isfinite(acc).any() else np.nan
         tr = _col(t, "acc_trans")
-        out[:, f["acc_trans_px"]] = np.log1p(np.clip(tr / px, 0, 100)) if np.isfinite(px) else np.nan
-        out[:, f["ess"]] = _col(t, "ess")
-        out[:, f["posterior"]] = _col(t, "posterior")
-        out[:, f["completeness"]] = _col(t, "completeness")
-    out[~np.isfinite(out)] = np.nan
-    return out
+        feats["acc_trans_px"] = np.log1p(np.clip(tr / px, 0, 100)) if np.isfinite(px) else np.nan
+        for name in ("ess", "posterior", "completeness"):
+            feats[name] = _col(t, name)
+    return _columns(feats, STAT_FEATURES, len(t))
 
 
 # -- image features ------------------------------------------------------------------------------
@@ -164,34 +175,92 @@ def _otsu(values: torch.Tensor, weights: torch.Tensor, bins: int = 64) -> tuple[
     return thr, between.gather(1, best[:, None])[:, 0] / total
 
 
-def image_features(images) -> np.ndarray:
-    """(K, len(IMAGE_FEATURES)) float64 from class averages (K, b, b) of any box."""
-    from scipy import ndimage
+@dataclass(frozen=True)
+class _Regions:
+    """Where image features are measured, on the ``FEATURE_BOX`` grid."""
 
-    x = prepare_images(images)
-    k, box = x.shape[0], x.shape[-1]
+    r: torch.Tensor  # (b, b) distance from the box centre, px
+    R: float  # radius of the analysed disk, px
+    disk: torch.Tensor  # (b, b) the analysed disk
+    ring: torch.Tensor  # (b, b) its outer quarter, (0.75 R, R]
+    outside: torch.Tensor  # (b, b) between the disk and the box's inscribed circle
+    smooth: torch.Tensor  # (K, b, b) the images smoothed (Gaussian, sd 1.2 px)
+    prot: torch.Tensor  # (K, b, b) protein mask: smoothed pixels of the disk above the Otsu threshold
+    solv: torch.Tensor  # (K, b, b) solvent mask: the rest of the disk
+    otsu_sep: torch.Tensor  # (K,) Otsu separability of the smoothed disk
+
+
+def _regions(x: torch.Tensor) -> _Regions:
+    box = x.shape[-1]
     r = radius_grid(box)
     R = DISK * box
     disk = (r <= R).float()
-    ring = ((r > 0.75 * R) & (r <= R)).float()
-    outside = ((r > R) & (r <= 0.5 * box)).float()
     sm = _gauss_smooth(x, 1.2)
     thr, sep = _otsu(sm, disk)
     prot = ((sm > thr[:, None, None]) & (disk[None] > 0)).float()
-    solv = disk[None] * (1 - prot)
-    mp, ms, mr = _moments(x, prot), _moments(x, solv), _moments(x, ring.expand(k, -1, -1))
-    area = prot.sum((-2, -1)) / disk.sum()
-    # mass distribution of the positive (protein-like) part of the smoothed image
-    pos = sm.clamp_min(0) * disk
+    return _Regions(r, R, disk, ((r > 0.75 * R) & (r <= R)).float(), ((r > R) & (r <= 0.5 * box)).float(),
+                    sm, prot, disk[None] * (1 - prot), sep)
+
+
+def _mask_features(x: torch.Tensor, reg: _Regions) -> dict[str, torch.Tensor]:
+    """Protein-mask area, moments of the protein, solvent and ring pixels, how well the masks
+    separate (Otsu separability, protein-solvent contrast, edge sharpness)."""
+    k = x.shape[0]
+    feats = {"prot_area": reg.prot.sum((-2, -1)) / reg.disk.sum()}
+    moments = {"prot": _moments(x, reg.prot), "solv": _moments(x, reg.solv),
+               "ring": _moments(x, reg.ring.expand(k, -1, -1))}
+    for region, m in moments.items():
+        for j, stat in enumerate(("mean", "sd", "skew", "kurt")):
+            feats[f"{region}_{stat}"] = m[:, j]
+    feats["contrast"] = moments["prot"][:, 0] - moments["solv"][:, 0]
+    feats["otsu_sep"] = reg.otsu_sep
+    # mean gradient magnitude on the protein relative to the solvent: sharp particle vs blur
+    gy, gx = torch.gradient(reg.smooth, dim=(-2, -1))
+    g = torch.sqrt(gx ** 2 + gy ** 2)
+    feats["grad_ratio"] = torch.log(((g * reg.prot).sum((-2, -1)) / reg.prot.sum((-2, -1)).clamp_min(1) + 1e-3)
+                                    / ((g * reg.solv).sum((-2, -1)) / reg.solv.sum((-2, -1)).clamp_min(1) + 1e-3))
+    return feats
+
+
+def _shape_features(reg: _Regions) -> dict[str, torch.Tensor]:
+    """Centring and spread of the positive (protein-like) mass of the smoothed image, and the
+    share of the protein mask in the outer ring (particles cut by the mask)."""
+    box = reg.smooth.shape[-1]
+    pos = reg.smooth.clamp_min(0) * reg.disk
     mass = pos.sum((-2, -1)).clamp_min(1e-6)
     c = torch.arange(box, dtype=torch.float32) - box // 2
     cy = (pos.sum(-1) * c).sum(-1) / mass
     cx = (pos.sum(-2) * c).sum(-1) / mass
-    centroid = torch.sqrt(cx ** 2 + cy ** 2) / R
-    gyr = torch.sqrt((pos * r ** 2).sum((-2, -1)) / mass) / R
-    edge = (prot * ring).sum((-2, -1)) / prot.sum((-2, -1)).clamp_min(1)
-    # power spectrum: fall-off, high-frequency share, directionality (streaks), peaks (lattices)
-    F = torch.fft.rfft2(x * disk)
+    return {"centroid_off": torch.sqrt(cx ** 2 + cy ** 2) / reg.R,
+            "gyration": torch.sqrt((pos * reg.r ** 2).sum((-2, -1)) / mass) / reg.R,
+            "edge_prot": (reg.prot * reg.ring).sum((-2, -1)) / reg.prot.sum((-2, -1)).clamp_min(1)}
+
+
+def _fragmentation_features(reg: _Regions) -> dict[str, torch.Tensor]:
+    """Connected components of the protein mask: log(1 + number of blobs of >= 4 px) and the
+    largest blob's share (few images, so scipy on the CPU)."""
+    from scipy import ndimage
+
+    prot = reg.prot.numpy() > 0
+    k = len(prot)
+    blobs = np.zeros(k)
+    largest = np.zeros(k)
+    for i in range(k):
+        lab, nlab = ndimage.label(prot[i])
+        if nlab:
+            sizes = np.bincount(lab.ravel())[1:]
+            blobs[i] = np.log1p((sizes >= 4).sum())
+            largest[i] = sizes.max() / max(sizes.sum(), 1)
+    return {"n_blobs": torch.as_tensor(blobs, dtype=torch.float32),
+            "largest_blob": torch.as_tensor(largest, dtype=torch.float32)}
+
+
+def _spectrum_features(x: torch.Tensor, reg: _Regions) -> dict[str, torch.Tensor]:
+    """Power spectrum of the disk: fall-off (log-log slope), high-frequency share, directionality
+    (streaks, carbon edges: strongest of 12 angular sectors over their mean, log) and the highest
+    peak over its shell's mean (log; Bragg-like spots of crystalline ice)."""
+    k, box = x.shape[0], x.shape[-1]
+    F = torch.fft.rfft2(x * reg.disk)
     P = F.real ** 2 + F.imag ** 2
     kk = radial_frequency_grid(box, True, None)
     shells = (kk * box).round().long().clamp(max=box // 2)
@@ -214,35 +283,34 @@ def image_features(images) -> np.ndarray:
     hb = ((kk > 0.15) & (kk < 0.48))
     rel = P / prof.gather(1, shells.reshape(1, -1).expand(k, -1)).reshape(k, box, nb).clamp_min(1e-12)
     peak = torch.log(torch.where(hb[None], rel, torch.zeros_like(rel)).reshape(k, -1).max(1).values.clamp_min(1))
-    # rotational symmetry: share of the variance in the disk that the radial profile explains
-    ri = r.round().long().clamp(max=box // 2)
-    rc = torch.zeros(nb).scatter_add_(0, ri.reshape(-1), disk.reshape(-1)).clamp_min(1)
-    rp = torch.zeros(k, nb).scatter_add_(1, ri.reshape(1, -1).expand(k, -1), (x * disk).reshape(k, -1)) / rc
-    resid = (x - rp.gather(1, ri.reshape(1, -1).expand(k, -1)).reshape(k, box, box)) * disk
-    rot_r2 = 1 - (resid ** 2).sum((-2, -1)) / ((x * disk) ** 2).sum((-2, -1)).clamp_min(1e-6)
-    gy, gx = torch.gradient(sm, dim=(-2, -1))
-    g = torch.sqrt(gx ** 2 + gy ** 2)
-    grad_ratio = torch.log(((g * prot).sum((-2, -1)) / prot.sum((-2, -1)).clamp_min(1) + 1e-3)
-                           / ((g * solv).sum((-2, -1)) / solv.sum((-2, -1)).clamp_min(1) + 1e-3))
-    out_sd = torch.sqrt((x ** 2 * outside).sum((-2, -1)) / outside.sum().clamp_min(1))
-    flat = (x.reshape(k, -1).std(1) < 1e-3).float()
-    # fragmentation of the protein mask (connected components; few images, so scipy on the CPU)
-    prot_np = prot.numpy() > 0
-    blobs = np.zeros(k)
-    largest = np.zeros(k)
-    for i in range(k):
-        lab, nlab = ndimage.label(prot_np[i])
-        if nlab:
-            sizes = np.bincount(lab.ravel())[1:]
-            blobs[i] = np.log1p((sizes >= 4).sum())
-            largest[i] = sizes.max() / max(sizes.sum(), 1)
-    feats = torch.stack([
-        area, mp[:, 0], mp[:, 1], mp[:, 2], mp[:, 3], ms[:, 0], ms[:, 1], ms[:, 2], ms[:, 3],
-        mr[:, 0], mr[:, 1], mr[:, 2], mr[:, 3], mp[:, 0] - ms[:, 0], sep, centroid, gyr,
-        torch.as_tensor(blobs, dtype=torch.float32), torch.as_tensor(largest, dtype=torch.float32), edge,
-        slope, high, torch.log(aniso), peak, rot_r2, grad_ratio, out_sd, flat], 1).double().numpy()
-    feats[~np.isfinite(feats)] = np.nan
-    return feats
+    return {"spec_slope": slope, "spec_high": high, "spec_aniso": torch.log(aniso), "spec_peak": peak}
+
+
+def _symmetry_features(x: torch.Tensor, reg: _Regions) -> dict[str, torch.Tensor]:
+    """Share of the disk's variance that the rotational average explains (ring artefacts, blobs)."""
+    k, box = x.shape[0], x.shape[-1]
+    nb = box // 2 + 1
+    ri = reg.r.round().long().clamp(max=box // 2)
+    rc = torch.zeros(nb).scatter_add_(0, ri.reshape(-1), reg.disk.reshape(-1)).clamp_min(1)
+    rp = torch.zeros(k, nb).scatter_add_(1, ri.reshape(1, -1).expand(k, -1), (x * reg.disk).reshape(k, -1)) / rc
+    resid = (x - rp.gather(1, ri.reshape(1, -1).expand(k, -1)).reshape(k, box, box)) * reg.disk
+    return {"rot_r2": 1 - (resid ** 2).sum((-2, -1)) / ((x * reg.disk) ** 2).sum((-2, -1)).clamp_min(1e-6)}
+
+
+def _background_features(x: torch.Tensor, reg: _Regions) -> dict[str, torch.Tensor]:
+    """Signal outside the analysed disk (rms) and whether the image is flat (an empty class)."""
+    k = x.shape[0]
+    return {"outside_sd": torch.sqrt((x ** 2 * reg.outside).sum((-2, -1)) / reg.outside.sum().clamp_min(1)),
+            "flatness": (x.reshape(k, -1).std(1) < 1e-3).float()}
+
+
+def image_features(images) -> np.ndarray:
+    """(K, len(IMAGE_FEATURES)) float64 from class averages (K, b, b) of any box."""
+    x = prepare_images(images)
+    reg = _regions(x)
+    named = {**_mask_features(x, reg), **_shape_features(reg), **_fragmentation_features(reg),
+             **_spectrum_features(x, reg), **_symmetry_features(x, reg), **_background_features(x, reg)}
+    return _columns(named, IMAGE_FEATURES, x.shape[0])
 
 
 def isolation_features(embeddings: np.ndarray, k: int = 3) -> np.ndarray:

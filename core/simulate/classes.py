@@ -23,7 +23,7 @@ import torch
 from ..images import apply_soft_mask, lowpass, lowpass_filter, normalize_in_mask, radial_frequency_grid, radius_grid, soft_circular_mask
 from ..particles import ClassSet, ParticleSet
 from .junk import CLASS_JUNK_TYPES as CLASS_JUNK, apply_class_junk
-from .particles import ParticleSimulator
+from .particles import ParticleSimulator, SimulatorConfig
 
 
 
@@ -83,7 +83,7 @@ def synthesize_classes(volumes, n_classes: int = 20, *, box: int = 64, pixel_siz
     Other keyword arguments go to ``ParticleSimulator`` (snr, noise, ctf, bfactor, ...).
     """
     rng = np.random.default_rng(seed)
-    sim = ParticleSimulator(volumes, box=box, pixel_size=pixel_size, device=device, **sim_kwargs)
+    sim = ParticleSimulator(volumes, SimulatorConfig(box=box, pixel_size=pixel_size, **sim_kwargs), device=device)
     n_species = len(sim.species)
     radius_px = (diameter_A / 2 / pixel_size) if diameter_A else 0.42 * box
     mask = soft_circular_mask(box, radius_px, max(2.0, 0.05 * box), device=sim.device)

@@ -29,10 +29,11 @@ def example_dataset(n: int = 200, box: int = 64, seed: int = 0, device="cpu", pi
                     snr: float = 0.5, stack: str = "particles.mrcs") -> tuple[np.ndarray, ParticleSet, np.ndarray]:
     """(volume, ParticleSet with the true poses and CTFs, images (n, box, box) float32): one blob
     protein through the particle simulator (uniform poses, real defocus distribution, white noise)."""
-    from .particles import ParticleSimulator
+    from .particles import ParticleSimulator, SimulatorConfig
 
     volume = blob_phantom(box, seed)
-    sim = ParticleSimulator({"example": volume}, box=box, pixel_size=pixel_size, snr=snr, device=device)
+    sim = ParticleSimulator({"example": volume}, SimulatorConfig(box=box, pixel_size=pixel_size, snr=snr),
+                            device=device)
     ps, images, _ = sim.dataset(n, seed=seed, stack=stack)
     ps.source = "cryolens example"
     return volume, ps, images

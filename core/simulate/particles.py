@@ -60,8 +60,8 @@ from .noise import NoiseModel, coloured_noise, ice_background, noise_psd
 
 __all__ = [
     "UniformOrientations", "PreferredOrientations", "TiltRange", "FixedOrientations", "view_directions",
-    "CTFDistribution", "Species", "ParticleSimulator", "SimBatch", "simulate_particles", "stream_particles",
-    "masked_variance", "mass_radius",
+    "CTFDistribution", "Species", "SimulatorConfig", "ParticleSimulator", "SimBatch", "simulate_particles",
+    "stream_particles", "masked_variance", "mass_radius",
 ]
 
 
@@ -391,17 +391,18 @@ def _seed_from(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2 ** 62))
 
 
-class ParticleSimulator:
-    """Particles (and junk) from one or several species, with ground truth; see the module doc.
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """What ``ParticleSimulator`` simulates: imaging, noise and junk (the same config and seed
+    give the same particles).
 
-    volumes: a (D, D, D) array/tensor, a callable conformation -> volume, a list or a
-        {name: volume} dict of those, or ``Species`` objects.
     box, pixel_size: the images' box (px; default the first volume's) and pixel size (A).
     volume_pixel_size: voxel size of the volumes (A; default ``pixel_size``); volumes are
         Fourier-resampled to ``pixel_size`` and padded/cropped to ``box``.
     orientation: "uniform", ``PreferredOrientations``, ``TiltRange`` or ``FixedOrientations``.
     shift_sd_A: sd of the Gaussian origin shifts (default 1 px), clipped at 3 sd.
-    ctf: ``CTFDistribution``; voltage (kV), cs (mm), amp_contrast, phase_shift (deg): optics.
+    ctf: ``CTFDistribution`` (default ``CTFDistribution()``); voltage (kV), cs (mm),
+        amp_contrast, phase_shift (deg): optics.
     bfactor: envelope B-factor (A^2) of the signal: a number or a (lo, hi) range.
     snr: a number or a (lo, hi) range (drawn log-uniformly), see the SNR definition above.
     noise: ``NoiseModel`` or "white" / "coloured" / "realistic".
@@ -416,56 +417,89 @@ class ParticleSimulator:
         data that never went through CtfRefine; the truth table always has it).
     projection_box: project on a smaller grid (volumes Fourier-cropped) and pad the result's
         transform to ``box``: exact up to that grid's Nyquist, zero beyond; faster. Default: box.
-    pad: the projector's padding factor. device: "cpu", "cuda" or a torch.device.
+    pad: the projector's padding factor.
     """
 
-    def __init__(self, volumes, box: int | None = None, pixel_size: float = 1.0, *,
-                 volume_pixel_size: float | None = None, orientation="uniform", shift_sd_A: float | None = None,
-                 ctf: CTFDistribution | None = None, voltage: float = 300.0, cs: float = 2.7,
-                 amp_contrast: float = 0.1, phase_shift: float = 0.0, bfactor=(20.0, 120.0), snr=0.1,
-                 noise: NoiseModel | str = "white", ice_gradient=0.0, junk=None,
-                 mask_radius_px: float | None = None, normalize: bool = True, ramp: bool = True,
-                 particles_per_micrograph: int = 1, record_bfactor: bool = False,
-                 projection_box: int | None = None, pad: float = 2, device="cpu", max_projectors: int = 32):
+    box: int | None = None
+    pixel_size: float = 1.0
+    volume_pixel_size: float | None = None
+    orientation: object = "uniform"
+    shift_sd_A: float | None = None
+    ctf: CTFDistribution | None = None
+    voltage: float = 300.0
+    cs: float = 2.7
+    amp_contrast: float = 0.1
+    phase_shift: float = 0.0
+    bfactor: float | tuple[float, float] = (20.0, 120.0)
+    snr: float | tuple[float, float] = 0.1
+    noise: NoiseModel | str = "white"
+    ice_gradient: float | tuple[float, float] = 0.0
+    junk: Mapping[str, float] | float | None = None
+    mask_radius_px: float | None = None
+    normalize: bool = True
+    ramp: bool = True
+    particles_per_micrograph: int = 1
+    record_bfactor: bool = False
+    projection_box: int | None = None
+    pad: float = 2
+
+
+def _noise_model(noise: NoiseModel | str) -> NoiseModel:
+    """A ``NoiseModel`` as given, or the named one ("white", "coloured", "realistic")."""
+    if not isinstance(noise, str):
+        return noise
+    named = {"white": NoiseModel.white(), "coloured": NoiseModel.coloured(),
+             "colored": NoiseModel.coloured(), "realistic": NoiseModel.realistic()}
+    if noise not in named:
+        raise ValueError(f"unknown noise {noise!r}: use {', '.join(named)} or a NoiseModel")
+    return named[noise]
+
+
+class ParticleSimulator:
+    """Particles (and junk) from one or several species, with ground truth; see the module doc.
+
+    volumes: a (D, D, D) array/tensor, a callable conformation -> volume, a list or a
+        {name: volume} dict of those, or ``Species`` objects.
+    config: a ``SimulatorConfig`` (default: its defaults).
+    device: "cpu", "cuda" or a torch.device. max_projectors: projectors kept in the cache.
+    E.g. ``ParticleSimulator(volume, SimulatorConfig(box=64, pixel_size=3.0, snr=0.1), device="cuda")``.
+    """
+
+    def __init__(self, volumes, config: SimulatorConfig | None = None, *, device="cpu", max_projectors: int = 32):
         from . import junk as junk_mod
 
+        cfg = SimulatorConfig() if config is None else config
         self.species = _as_species(volumes)
         if not self.species:
             raise ValueError("no volumes given")
         first = self.species[0]
         v0 = first.volume_at(first.conformation_values()[0])
-        self.box = int(box if box is not None else _to_tensor(v0).shape[0])
-        self.pixel_size = float(pixel_size)
-        self.volume_pixel_size = volume_pixel_size
-        self.orientation = _orientation(orientation)
-        self.shift_sd_A = self.pixel_size if shift_sd_A is None else float(shift_sd_A)
-        self.ctf = CTFDistribution() if ctf is None else ctf
-        self.voltage, self.cs = float(voltage), float(cs)
-        self.amp_contrast, self.phase_shift = float(amp_contrast), float(phase_shift)
-        self.bfactor, self.snr, self.ice_gradient = bfactor, snr, ice_gradient
-        if isinstance(noise, str):
-            named = {"white": NoiseModel.white(), "coloured": NoiseModel.coloured(),
-                     "colored": NoiseModel.coloured(), "realistic": NoiseModel.realistic()}
-            if noise not in named:
-                raise ValueError(f"unknown noise {noise!r}: use {', '.join(named)} or a NoiseModel")
-            noise = named[noise]
-        self.noise = noise
-        self.junk = junk_mod.junk_fractions(junk)
-        self.normalize, self.ramp = bool(normalize), bool(ramp)
-        self.ppm = max(1, int(particles_per_micrograph))
-        self.record_bfactor = bool(record_bfactor)
-        self.projection_box = self.box if projection_box is None else int(projection_box)
+        self.box = int(cfg.box if cfg.box is not None else _to_tensor(v0).shape[0])
+        self.pixel_size = float(cfg.pixel_size)
+        self.volume_pixel_size = cfg.volume_pixel_size
+        self.orientation = _orientation(cfg.orientation)
+        self.shift_sd_A = self.pixel_size if cfg.shift_sd_A is None else float(cfg.shift_sd_A)
+        self.ctf = CTFDistribution() if cfg.ctf is None else cfg.ctf
+        self.voltage, self.cs = float(cfg.voltage), float(cfg.cs)
+        self.amp_contrast, self.phase_shift = float(cfg.amp_contrast), float(cfg.phase_shift)
+        self.bfactor, self.snr, self.ice_gradient = cfg.bfactor, cfg.snr, cfg.ice_gradient
+        self.noise = _noise_model(cfg.noise)
+        self.junk = junk_mod.junk_fractions(cfg.junk)
+        self.normalize, self.ramp = bool(cfg.normalize), bool(cfg.ramp)
+        self.ppm = max(1, int(cfg.particles_per_micrograph))
+        self.record_bfactor = bool(cfg.record_bfactor)
+        self.projection_box = self.box if cfg.projection_box is None else int(cfg.projection_box)
         if not 8 <= self.projection_box <= self.box:
-            raise ValueError(f"projection_box must lie in [8, box={self.box}], got {projection_box}")
-        self.pad = pad
+            raise ValueError(f"projection_box must lie in [8, box={self.box}], got {cfg.projection_box}")
+        self.pad = cfg.pad
         self.device = torch.device(device)
         self.max_projectors = max_projectors
         self._projectors: OrderedDict = OrderedDict()
         self._conf = [s.conformation_values() for s in self.species]
         w = np.asarray([s.weight for s in self.species], dtype=np.float64)
         self._species_p = w / w.sum()
-        if mask_radius_px is not None:
-            self._mask_r = np.full(len(self.species), float(mask_radius_px))
+        if cfg.mask_radius_px is not None:
+            self._mask_r = np.full(len(self.species), float(cfg.mask_radius_px))
         else:
             self._mask_r = np.array([min(mass_radius(self._volume(i, len(self._conf[i]) // 2, self.box)),
                                          0.45 * self.box) for i in range(len(self.species))])
@@ -718,13 +752,14 @@ def _affine_scale(raw: torch.Tensor, normed: torch.Tensor, ramp: bool) -> torch.
 
 
 # -- convenience ----------------------------------------------------------------------------------
-def simulate_particles(n: int, volumes, *, seed: int = 0, batch_size: int = 256, stack: str = "particles.mrcs",
-                       **kwargs):
-    """(ParticleSet, images (n, box, box) float32, truth DataFrame); kwargs go to ``ParticleSimulator``."""
-    return ParticleSimulator(volumes, **kwargs).dataset(n, seed, batch_size, stack)
+def simulate_particles(n: int, volumes, config: SimulatorConfig | None = None, *, seed: int = 0,
+                       batch_size: int = 256, stack: str = "particles.mrcs", device="cpu"):
+    """(ParticleSet, images (n, box, box) float32, truth DataFrame) of ``ParticleSimulator(volumes, config)``."""
+    return ParticleSimulator(volumes, config, device=device).dataset(n, seed, batch_size, stack)
 
 
-def stream_particles(volumes, *, batch_size: int = 256, seed: int = 0, n_batches: int | None = None,
-                     return_clean: bool = False, **kwargs) -> Iterator[SimBatch]:
-    """Endless (or ``n_batches``) ``SimBatch`` es for training; kwargs go to ``ParticleSimulator``."""
-    return ParticleSimulator(volumes, **kwargs).stream(batch_size, seed, n_batches, return_clean=return_clean)
+def stream_particles(volumes, config: SimulatorConfig | None = None, *, batch_size: int = 256, seed: int = 0,
+                     n_batches: int | None = None, return_clean: bool = False, device="cpu") -> Iterator[SimBatch]:
+    """Endless (or ``n_batches``) ``SimBatch`` es of ``ParticleSimulator(volumes, config)`` for training."""
+    return ParticleSimulator(volumes, config, device=device).stream(batch_size, seed, n_batches,
+                                                                    return_clean=return_clean)

@@ -105,13 +105,14 @@ def relion_dataset(cache: Path, seed: int, phantom_seed: int, *, n: int = 500, n
     project = Path(cache) / name
     done = project / "Class2D" / "job001" / "classes_truth.csv"
     if not done.exists():
-        from cryolens.core.simulate.particles import ParticleSimulator
+        from cryolens.core.simulate.particles import ParticleSimulator, SimulatorConfig
         from cryolens.relion_ext.simulate import class2d_with_truth, write_project
 
         t0 = time.monotonic()
         project.mkdir(parents=True, exist_ok=True)
         species = _phantoms(n_species, phantom_seed, box, pixel_size)
-        sim = ParticleSimulator(species, box=box, pixel_size=pixel_size, snr=snr, noise="realistic", junk=junk)
+        sim = ParticleSimulator(species, SimulatorConfig(box=box, pixel_size=pixel_size, snr=snr, noise="realistic",
+                                                         junk=junk))
         ps, images, truth = sim.dataset(n, seed=seed)
         write_project(project, ps, images, truth)
         cs, ct = class2d_with_truth(project, "Simulated/particles.star", truth, "Simulated/particles.mrcs", K=K,
