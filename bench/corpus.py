@@ -424,11 +424,11 @@ def build_run(out: Path, spec: RunSpec, model_dir: Path | None, threads: int, lo
 def cryolens_particles(project: Path, spec: RunSpec, maps: dict[str, np.ndarray]) -> pd.DataFrame:
     """The second generator: the same proteins through cryolens's simulator (its CTFs, noise model and
     junk), written as a RELION particle star for the same relion_refine."""
-    from cryolens.core.simulate.particles import ParticleSimulator
+    from cryolens.core.simulate.particles import ParticleSimulator, SimulatorConfig
     from cryolens.relion_ext.simulate import write_project
 
-    sim = ParticleSimulator(dict(maps), box=spec.box, pixel_size=spec.pixel_size, snr=spec.snr, noise="realistic",
-                            junk=spec.junk_fraction or None)
+    sim = ParticleSimulator(dict(maps), SimulatorConfig(box=spec.box, pixel_size=spec.pixel_size, snr=spec.snr,
+                                                        noise="realistic", junk=spec.junk_fraction or None))
     ps, images, truth = sim.dataset(spec.n_particles, seed=spec.seed)
     star = write_project(project, ps, images, truth)
     (project / "Particles").mkdir(exist_ok=True)
