@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..geometry import uniform_orientations
 from ..images import apply_soft_mask, lowpass, lowpass_filter, normalize_in_mask, radial_frequency_grid, radius_grid, soft_circular_mask
 from ..particles import ClassSet, ParticleSet
 from .junk import CLASS_JUNK_TYPES as CLASS_JUNK, apply_class_junk
@@ -95,7 +96,7 @@ def synthesize_classes(volumes, n_classes: int = 20, *, box: int = 64, pixel_siz
     gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2 ** 62)))
     for cid, (kind, sp, jt) in enumerate(plan, start=1):
         n = int(round(_draw(members, rng, log=True)))
-        rot, tilt = float(rng.uniform(-180, 180)), float(np.rad2deg(np.arccos(rng.uniform(-1, 1))))
+        rot, tilt = (float(a) for a in uniform_orientations(1, rng, draw="euler", psi=False)[0, :2])  # the view
         t = sim.sample(n, rng)
         if kind == "good" or jt in CLASS_JUNK:
             sp_cls = sp if sp is not None else int(rng.integers(n_species))

@@ -52,7 +52,7 @@ import pandas as pd
 import torch
 
 from ..ctf import ctf_2d
-from ..geometry import euler_to_matrix, matrix_to_euler, quaternion_to_matrix
+from ..geometry import euler_to_matrix, uniform_orientations
 from ..images import normalize_background, radial_frequency_grid, radius_grid
 from ..particles import ParticleSet
 from ..projector import Projector
@@ -79,12 +79,6 @@ def _direction_to_rot_tilt(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.rad2deg(np.arctan2(v[:, 1], v[:, 0])), np.rad2deg(np.arccos(np.clip(v[:, 2], -1, 1)))
 
 
-def _uniform_euler(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Haar-uniform rotations: normalised 4-D Gaussian quaternions -> RELION (rot, tilt, psi)."""
-    q = rng.standard_normal((n, 4))
-    return matrix_to_euler(quaternion_to_matrix(q))
-
-
 def _psi(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(-180.0, 180.0, n)
 
@@ -94,7 +88,7 @@ class UniformOrientations:
     """Uniform (Haar) distribution on SO(3)."""
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return _uniform_euler(n, rng)
+        return uniform_orientations(n, rng)
 
 
 @dataclass(frozen=True)
@@ -128,7 +122,7 @@ class PreferredOrientations:
         out = np.stack([rot, tilt, _psi(n, rng)], -1)
         if self.uniform_fraction > 0:
             uni = rng.random(n) < self.uniform_fraction
-            out[uni] = _uniform_euler(int(uni.sum()), rng)
+            out[uni] = uniform_orientations(int(uni.sum()), rng)
         return out
 
 

@@ -44,7 +44,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..atomic import atomic_write_text
-from ..geometry import quaternion_to_matrix
+from ..geometry import gaussian_quaternions, quaternion_to_matrix
 from ..mrc import read_map, write_map
 from .example import blob_phantom
 from .symmetry import axis_rotation, generated_order, helical_symbol, parse_symmetry, point_group
@@ -275,8 +275,8 @@ def _rng(rng_or_seed) -> tuple[np.random.Generator, int | None]:
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
-    """A uniform random rotation (RELION matrix via the geometry module's quaternion formula)."""
-    return quaternion_to_matrix(rng.normal(size=4))
+    """A uniform random rotation (RELION matrix), from the geometry module's quaternion draw."""
+    return quaternion_to_matrix(gaussian_quaternions(1, rng)[0])
 
 
 def _unit(rng: np.random.Generator, n: int | None = None) -> np.ndarray:
