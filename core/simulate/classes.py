@@ -155,8 +155,7 @@ def synthesize_classes(volumes, n_classes: int = 20, *, box: int = 64, pixel_siz
         stack_t = lowpass(stack_t, pixel_size, run_res)
     out = []
     for (kind, sp, jt), avg, row in zip(plan, stack_t, rows):
-        inside = mask > 0.5
-        avg = (avg - avg[inside].mean()) / avg[inside].std().clamp_min(1e-6) * mask
+        avg = normalize_in_mask(avg, mask, eps=1e-6, ddof=1)
         if jt in CLASS_JUNK:
             avg = apply_class_junk(jt, avg, rng, float(row["particle_radius_px"]))
         out.append(avg.cpu().to(torch.float32))
