@@ -54,6 +54,7 @@ import torch
 from ..ctf import ctf_2d
 from ..geometry import euler_to_matrix, uniform_orientations
 from ..images import normalize_background, radial_frequency_grid, radius_grid
+from ..maps import fit_box, fourier_resize_map
 from ..particles import ParticleSet
 from ..projector import Projector
 from .noise import NoiseModel, coloured_noise, ice_background, noise_psd
@@ -278,38 +279,12 @@ def _to_tensor(vol) -> torch.Tensor:
     return t.detach().to("cpu", torch.float64)
 
 
-def _fourier_resample_3d(vol: torch.Tensor, m: int) -> torch.Tensor:
-    """Resample a (D, D, D) volume to (m, m, m) by cropping/zero-padding its centred transform
-    (voxel values preserved: the voxel size becomes D / m times the old one)."""
-    D = vol.shape[0]
-    if m == D:
-        return vol
-    F = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(vol)))
-    s = min(D, m)
-    a, b = D // 2 - s // 2, m // 2 - s // 2
-    out = torch.zeros((m, m, m), dtype=F.dtype)
-    out[b:b + s, b:b + s, b:b + s] = F[a:a + s, a:a + s, a:a + s]
-    return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(out))).real * (m / D) ** 3
-
-
-def _fit_box(vol: torch.Tensor, box: int) -> torch.Tensor:
-    """Zero-pad or crop a cube to ``box``, keeping its centre D//2 at box//2."""
-    D = vol.shape[0]
-    if D == box:
-        return vol
-    out = torch.zeros((box,) * 3, dtype=vol.dtype)
-    s = min(D, box)
-    a, b = D // 2 - s // 2, box // 2 - s // 2
-    out[b:b + s, b:b + s, b:b + s] = vol[a:a + s, a:a + s, a:a + s]
-    return out
-
-
 def prepare_volume(vol, volume_pixel_size: float, pixel_size: float, box: int) -> torch.Tensor:
     """A volume resampled to ``pixel_size`` (Fourier) and padded/cropped to ``box`` (float64, CPU)."""
     v = _to_tensor(vol)
     if abs(volume_pixel_size - pixel_size) > 1e-6 * pixel_size:
-        v = _fourier_resample_3d(v, max(2, int(round(v.shape[0] * volume_pixel_size / pixel_size))))
-    return _fit_box(v, box)
+        v = fourier_resize_map(v, max(2, int(round(v.shape[0] * volume_pixel_size / pixel_size))))
+    return fit_box(v, box)
 
 
 def mass_radius(vol, fraction: float = 0.99) -> float:
