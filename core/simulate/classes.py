@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..geometry import uniform_orientations
+from ..geometry import euler_to_matrix, uniform_orientations
 from ..images import apply_soft_mask, lowpass, lowpass_filter, normalize_in_mask, radial_frequency_grid, radius_grid, soft_circular_mask
 from ..particles import ClassSet, ParticleSet
 from .junk import CLASS_JUNK_TYPES as CLASS_JUNK, apply_class_junk
@@ -210,8 +210,6 @@ def _make_junk(t: dict, rows: np.ndarray, kind: str, rng: np.random.Generator) -
 
 def _lowpass_projection(sim: ParticleSimulator, sp: int, rot: float, tilt: float, pixel_size: float,
                         rng: np.random.Generator) -> tuple[torch.Tensor, float]:
-    from ..geometry import euler_to_matrix
-
     A = torch.as_tensor(euler_to_matrix(np.array([[rot, tilt, 0.0]])), dtype=torch.float32, device=sim.device)
     proj = sim.project(sp, len(sim.conformation_values[sp]) // 2, A, np.zeros((1, 2)), None)
     res = float(rng.uniform(8.0, 25.0))
