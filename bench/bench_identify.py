@@ -109,7 +109,8 @@ def main(argv=None) -> int:
     from cryolens.core.identify.train import RecipeConfig, shortlist_figures, simulated_queries, train_identity
     from cryolens.core.identify.library import Library
     from cryolens.core.nn import encoder_from_config
-    from cryolens.core.simulate.proteins import from_map, phantom_library
+    from cryolens.core.maps import from_map
+    from cryolens.core.simulate.proteins import phantom_library
 
     log = lambda s: print(s, flush=True)  # noqa: E731
     if args.quick:

@@ -2,7 +2,7 @@
 
     python bench/bench_phantoms.py [--n 50] [--n128 10] [--seed 0] [--pixel-size 3.0] [--views 3]
 
-Rendering (``render_atoms_per_s_64px``): ``proteins.render`` of a ~5000-pseudo-atom model on a
+Rendering (``render_atoms_per_s_64px``): ``maps.render`` of a ~5000-pseudo-atom model on a
 64^3 grid (windowed separable Gaussians, bincount); baseline: every Gaussian evaluated on the
 whole grid, with the NCC of the two maps (the window keeps +-3 sigma).
 
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from cryolens.core.geometry import random_rotations
+from cryolens.core.maps import PseudoAtoms, render
 from cryolens.core.projector import Projector
 from cryolens.core.simulate import proteins as P
 from cryolens.core.simulate.example import blob_phantom
@@ -100,7 +101,7 @@ def distinctness(lib: list, seed: int, n_views: int) -> list[dict]:
     ]
 
 
-def dense_render(atoms: P.PseudoAtoms, box: int, px: float) -> np.ndarray:
+def dense_render(atoms: PseudoAtoms, box: int, px: float) -> np.ndarray:
     """The straightforward alternative: every Gaussian evaluated on the whole grid (separable)."""
     ax = (np.arange(box) - box // 2) * px
     s = np.sqrt(atoms.sigma ** 2 + (0.225 * 2 * px) ** 2)
@@ -119,13 +120,13 @@ def render_rate(seed: int, box: int = 64, px: float = 3.0, n_base: int = 512) ->
     reps = 5
     t0 = time.perf_counter()
     for _ in range(reps):
-        vol, _ = P.render(atoms, box, px)
+        vol, _ = render(atoms, box, px)
     secs = (time.perf_counter() - t0) / reps
     sub = atoms.select(np.arange(len(atoms)) < n_base)
     t0 = time.perf_counter()
     dense = dense_render(sub, box, px)
     base_secs = time.perf_counter() - t0
-    ours = P.render(sub, box, px)[0]
+    ours = render(sub, box, px)[0]
     x, y = ours.ravel().astype(np.float64), dense.ravel()
     x, y = x - x.mean(), y - y.mean()
     agree = float(x @ y / np.sqrt((x @ x) * (y @ y)))

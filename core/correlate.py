@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .images import soft_circular_mask
+from .images import normalize_in_mask, soft_circular_mask
 
 
 def rotate_images(images: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
@@ -36,11 +36,7 @@ def rotate_images(images: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tenso
 
 def _prepare(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Masked, zero-mean inside the mask, unit norm: then a dot product is an NCC."""
-    x = images * mask
-    inside = mask > 0.5
-    x = x - (x * inside).sum((-2, -1), keepdim=True) / inside.sum()
-    x = x * mask
-    return x / x.flatten(-2).norm(dim=-1)[..., None, None].clamp_min(1e-12)
+    return normalize_in_mask(images * mask, mask, scale="norm")
 
 
 @dataclass

@@ -43,7 +43,8 @@ __all__ = [
     "euler_to_matrix", "matrix_to_euler", "quaternion_to_matrix", "matrix_to_quaternion",
     "euler_to_quaternion", "quaternion_to_euler", "rotvec_to_matrix", "matrix_to_rotvec",
     "rotvec_to_euler", "euler_to_rotvec", "pose2d_to_psi", "psi_to_pose2d",
-    "angular_distance_deg", "random_rotations", "random_euler", "random_quaternions",
+    "angular_distance_deg", "uniform_orientations", "gaussian_quaternions", "random_rotations", "random_euler",
+    "random_quaternions",
     "px_to_angstrom", "angstrom_to_px", "canonical_quaternion",
 ]
 
@@ -210,9 +211,44 @@ def angular_distance_deg(A, B):
     return _out(torch.rad2deg(2 * torch.asin(x)), np_out)
 
 
+def gaussian_quaternions(n: int, rng) -> np.ndarray | torch.Tensor:
+    """(n, 4) independent standard-normal 4-vectors: normalised, they are uniform on S^3, so as
+    quaternions they are Haar-uniform rotations (Muller 1959, Commun. ACM 2:19; Shoemake 1992,
+    "Uniform random rotations", Graphics Gems III). ``rng`` a numpy Generator or RandomState
+    (float64 numpy) or a torch Generator (float64 tensor). Left unnormalised: every consumer
+    (``quaternion_to_matrix``, ``canonical_quaternion``, scipy's ``Rotation``) normalises once."""
+    if isinstance(rng, torch.Generator):
+        return torch.randn(n, 4, generator=rng, dtype=torch.float64)
+    return rng.standard_normal((n, 4))
+
+
+def uniform_orientations(n: int, rng, *, draw: str = "quaternion", psi: bool = True) -> np.ndarray:
+    """The one uniform orientation sampler: (n, 3) RELION (rot, tilt, psi) degrees from ``rng``
+    (a numpy Generator).
+
+    ``draw="quaternion"``: Haar-uniform rotations from ``gaussian_quaternions`` (4 normals each).
+    ``draw="euler"``: rot and psi uniform in [-180, 180), cos(tilt) uniform in [-1, 1): the Haar
+    measure in ZYZ Euler angles, whose density is sin(tilt) (Miles 1965, Biometrika 52:636); 3
+    uniforms each, drawn as n rot, then n cos(tilt), then n psi. ``psi=False`` (euler only):
+    psi = 0 and not drawn, a uniform view direction (2D classes fix the in-plane angle).
+    Both are uniform; they use the stream differently, so a caller's draw fixes its bytes.
+    """
+    if draw == "quaternion":
+        if not psi:
+            raise ValueError("psi=False needs draw='euler' (a quaternion fixes all three angles)")
+        return matrix_to_euler(quaternion_to_matrix(gaussian_quaternions(n, rng)))
+    if draw != "euler":
+        raise ValueError(f"draw must be 'quaternion' or 'euler', not {draw!r}")
+    rot = rng.uniform(-180, 180, n)
+    tilt = np.rad2deg(np.arccos(rng.uniform(-1, 1, n)))
+    return np.stack([rot, tilt, rng.uniform(-180, 180, n) if psi else np.zeros(n)], -1)
+
+
 def random_rotations(n: int, seed: int = 0) -> np.ndarray:
     """n uniform (Haar) random RELION matrices, float64 (n, 3, 3), reproducible from the seed."""
-    return Rotation.random(n, random_state=seed).as_matrix()
+    # scipy reads the draw scalar-last (x, y, z, w) and makes the matrix: the bytes the tests
+    # and benchmarks were written against (Rotation.random(n, random_state=seed) exactly)
+    return Rotation.from_quat(gaussian_quaternions(n, np.random.RandomState(seed))).as_matrix()
 
 
 def random_euler(n: int, seed: int = 0) -> np.ndarray:
@@ -221,9 +257,8 @@ def random_euler(n: int, seed: int = 0) -> np.ndarray:
 
 
 def random_quaternions(n: int, seed: int = 0, device=None, dtype=torch.float32) -> torch.Tensor:
-    """n uniform random unit quaternions (w >= 0) as a torch tensor (normalised 4-D Gaussians)."""
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    """n uniform random unit quaternions (w >= 0) as a torch tensor."""
+    q = gaussian_quaternions(n, torch.Generator().manual_seed(seed))
     return canonical_quaternion(q).to(device=device, dtype=dtype)
 
 

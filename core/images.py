@@ -24,7 +24,7 @@ from . import mrc
 from .errors import InputError, JobAborted
 
 __all__ = ["ImageSource", "radius_grid", "radial_frequency_grid", "soft_circular_mask", "apply_soft_mask",
-           "normalize_background", "default_background_radius", "fourier_resize", "fourier_crop",
+           "normalize_in_mask", "normalize_background", "default_background_radius", "fourier_resize", "fourier_crop",
            "fourier_pad", "lowpass", "phase_flip"]
 
 _NATIVE_F32 = np.dtype(np.float32)
@@ -283,14 +283,43 @@ def apply_soft_mask(images: torch.Tensor, radius_px: float, width_px: float = 5.
     return images * m + bg * w
 
 
-def normalize_in_mask(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero mean and unit variance inside ``mask`` > 0.5, then multiplied by ``mask`` ((b, b) or
-    one per image): how class averages and library references are put on one footing."""
+def normalize_in_mask(images: torch.Tensor, mask: torch.Tensor | None = None, *, eps: float = 1e-12,
+                      ddof: int = 0, scale: str = "sd", zero_outside: bool = True) -> torch.Tensor:
+    """The one masked standardisation: zero mean inside ``mask`` > 0.5 ((b, b) or one per image;
+    None: the whole image), unit ``scale``, then multiplied by ``mask`` (``zero_outside``).
+
+    Defaults: how class averages and library references are put on one footing (identify, the
+    synthetic class averages). The other callers, each kept to the byte:
+    ``scale="norm"``: unit L2 norm of the masked image instead of unit sd, so the dot product of
+    two is their normalised cross-correlation (``core.correlate``); ``zero_outside=False``: the
+    mask sets the statistics only (the ranker's image features); ``mask=None, ddof=1``: the
+    whole image with the sample sd (the encoders' input, which their weights were trained on).
+    ``ddof=1`` takes torch's own mean and sd, ``ddof=0`` the population sd from masked sums;
+    ``eps`` floors the scale (the ranker, the encoders and the synthetic classes use 1e-6).
+    """
+    if scale not in ("sd", "norm"):
+        raise ValueError(f"scale must be 'sd' or 'norm', not {scale!r}")
+    if mask is None:
+        if scale != "sd":
+            raise ValueError("scale='norm' needs a mask")
+        dims = (-2, -1)
+        return (images - images.mean(dim=dims, keepdim=True)) / \
+            images.std(dim=dims, keepdim=True, correction=ddof).clamp_min(eps)
+    if ddof:
+        if mask.dim() != 2 or scale != "sd":
+            raise ValueError("ddof needs one (b, b) mask and scale='sd'")
+        v = images[..., mask > 0.5]
+        mean, sd = v.mean(-1), v.std(-1, correction=ddof).clamp_min(eps)
+        x = (images - mean[..., None, None]) / sd[..., None, None]
+        return x * mask if zero_outside else x
     inside = (mask > 0.5).to(images.dtype).expand_as(images)
     n = inside.sum((-2, -1)).clamp_min(1.0)
     x = images - ((images * inside).sum((-2, -1)) / n)[..., None, None]
-    sd = torch.sqrt(((x * inside) ** 2).sum((-2, -1)) / n).clamp_min(1e-12)
-    return x / sd[..., None, None] * mask
+    if scale == "norm":
+        x = x * mask
+        return x / x.flatten(-2).norm(dim=-1)[..., None, None].clamp_min(eps)
+    sd = torch.sqrt(((x * inside) ** 2).sum((-2, -1)) / n).clamp_min(eps)
+    return x / sd[..., None, None] * mask if zero_outside else x / sd[..., None, None]
 
 
 # -- normalisation ---------------------------------------------------------------------------

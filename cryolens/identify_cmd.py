@@ -91,7 +91,7 @@ def run_library(args) -> int:
         if kind == "map":
             lib.add_map_file(src, name=name, accession=acc, device=args.device)
         else:
-            from cryolens.core.simulate.proteins import from_atomic_model
+            from cryolens.core.maps import from_atomic_model
 
             ph = from_atomic_model(src, lib.box, lib.pixel_size)
             lib.add_volume(ph.density, name or Path(src).stem, acc, str(src), ph.provenance, device=args.device)

@@ -116,6 +116,27 @@ def test_random_rotations_seeded_and_uniform():
     assert abs(float(g.quaternion_to_matrix(q).mean(0).abs().max())) < 0.05
 
 
+def test_one_orientation_sampler_both_draws_uniform_and_seeded():
+    # random_rotations is scipy's Rotation.random on the shared Gaussian draw, to the byte
+    np.testing.assert_array_equal(g.random_rotations(300, 4), Rotation.random(300, random_state=4).as_matrix())
+    for draw in ("quaternion", "euler"):
+        e = g.uniform_orientations(20000, np.random.default_rng(3), draw=draw)
+        np.testing.assert_array_equal(e, g.uniform_orientations(20000, np.random.default_rng(3), draw=draw))
+        assert np.abs(g.euler_to_matrix(e).mean(0)).max() < 0.03, draw  # Haar measure: E[R] = 0
+        assert abs(np.cos(np.deg2rad(e[:, 1])).mean()) < 0.02 and abs(e[:, 2].mean()) < 3.0, draw
+    # the quaternion draw consumes 4 normals a rotation, the euler draw n rot, n cos(tilt), n psi
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((7, 4))
+    np.testing.assert_array_equal(g.uniform_orientations(7, np.random.default_rng(5)),
+                                  g.matrix_to_euler(g.quaternion_to_matrix(q)))
+    rng = np.random.default_rng(5)
+    rot, c = rng.uniform(-180, 180, 7), rng.uniform(-1, 1, 7)
+    views = g.uniform_orientations(7, np.random.default_rng(5), draw="euler", psi=False)
+    np.testing.assert_array_equal(views, np.stack([rot, np.rad2deg(np.arccos(c)), np.zeros(7)], -1))
+    with pytest.raises(ValueError):
+        g.uniform_orientations(3, rng, psi=False)
+
+
 def test_numpy_torch_agree_float32_and_float64():
     e = _eulers(200, 4)
     A = g.euler_to_matrix(e)

@@ -321,3 +321,24 @@ def test_normalize_in_mask_gives_zero_mean_unit_variance_inside_and_zero_outside
     assert (y[:, m == 0] == 0).all()
     per_image = normalize_in_mask(x, m.expand(3, -1, -1))  # one mask per image
     assert torch.allclose(per_image, y)
+
+
+def test_normalize_in_mask_variants_of_its_callers():
+    from cryolens.core.images import normalize_in_mask, soft_circular_mask
+
+    x = torch.randn(3, 32, 32) * 5 + 7
+    m = soft_circular_mask(32, 12, 3)
+    inside = m > 0.5
+    # unit norm (correlate): a dot product is an NCC, so an image scores 1 with itself
+    u = normalize_in_mask(x * m, m, scale="norm")
+    assert torch.allclose(u.flatten(1).norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose((u / m.clamp_min(1e-12))[:, inside].mean(1), torch.zeros(3), atol=1e-5)
+    # statistics from the mask, nothing zeroed (the ranker)
+    k = normalize_in_mask(x, inside.float(), zero_outside=False)
+    assert torch.allclose(k[:, inside].std(1, unbiased=False), torch.ones(3), atol=1e-5)
+    assert (k[:, ~inside] != 0).all()
+    # the sample sd over the whole image (the encoders) and inside one mask (synthetic classes)
+    w = normalize_in_mask(x, None, ddof=1)
+    assert torch.allclose(w.flatten(1).std(1), torch.ones(3), atol=1e-5)
+    c = normalize_in_mask(x[0], m, ddof=1)
+    assert torch.equal(c, (x[0] - x[0][inside].mean()) / x[0][inside].std() * m)

@@ -1,5 +1,6 @@
 """Phantom proteins (core.simulate.proteins / symmetry): determinism, mass, symmetry, belts,
-conformations, atomic models (gemmi, optional) and user maps."""
+conformations; and the maps they are built on (core.maps): rendering, atomic models (gemmi,
+optional), user maps and resampling."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from scipy import ndimage
 
 from conftest import shared_path
 from cryolens.core.geometry import random_rotations
+from cryolens.core import maps as M
 from cryolens.core.mrc import read_map
 from cryolens.core.simulate import proteins as P
 from cryolens.core.simulate.symmetry import axis_rotation, generated_order, group_order, point_group
@@ -103,15 +105,15 @@ def test_maps_are_centred_non_negative_in_mass_units_and_inside_the_box(one_of_e
 
 
 def test_render_is_exact_in_mass_and_centred_on_the_atom():
-    atoms = P.PseudoAtoms(np.array([[3.3, -5.1, 7.7]]), np.array([1000.0]), np.array([1.5]), np.zeros(1, np.int64))
-    d, lost = P.render(atoms, 32, 2.0)
+    atoms = M.PseudoAtoms(np.array([[3.3, -5.1, 7.7]]), np.array([1000.0]), np.array([1.5]), np.zeros(1, np.int64))
+    d, lost = M.render(atoms, 32, 2.0)
     assert lost == pytest.approx(0.0, abs=1e-9)
     assert float(d.sum()) * 8 == pytest.approx(1000.0, rel=1e-5)
     zc, yc, xc = ndimage.center_of_mass(d)
     assert np.allclose([xc - 16, yc - 16, zc - 16], np.array([3.3, -5.1, 7.7]) / 2.0, atol=0.02)
     # an atom outside the box loses its mass, and says so
-    far = P.PseudoAtoms(np.array([[100.0, 0, 0]]), np.array([10.0]), np.array([1.0]), np.zeros(1, np.int64))
-    assert P.render(far, 32, 2.0)[1] == pytest.approx(1.0)
+    far = M.PseudoAtoms(np.array([[100.0, 0, 0]]), np.array([10.0]), np.array([1.0]), np.zeros(1, np.int64))
+    assert M.render(far, 32, 2.0)[1] == pytest.approx(1.0)
 
 
 # -- folds and mass --------------------------------------------------------------------------------
@@ -138,7 +140,7 @@ def test_mass_scaling_volume_and_radius_of_gyration():
         assert ph.mass_kda == pytest.approx(m, rel=0.02)
         n_atoms.append(len(ph.atoms))
         rgs.append(ph.atoms.rg)
-        vols.append(P.estimate_mass_kda(ph.density, 4.0)[0])
+        vols.append(M.estimate_mass_kda(ph.density, 4.0)[0])
         n_res = m * 1000 / P.DALTON_PER_RESIDUE
         assert 0.85 * P.expected_rg(n_res) < ph.atoms.rg < 1.45 * P.expected_rg(n_res), m
         # the volume-based estimate finds the mass back (the unit convention holds)
@@ -225,7 +227,7 @@ def test_membrane_belt_is_a_ring_at_the_equator(belt):
     rho = np.hypot(x, y)
     zm, r_tm, r_out, h = pr["membrane_z_A"], pr["tm_radius_A"], pr["belt_outer_radius_A"], pr["belt_half_thickness_A"]
     ring = (rho > r_tm + 4) & (rho < r_out - 4)
-    level = pr["belt_level"] * P.PROTEIN_DENSITY
+    level = pr["belt_level"] * M.PROTEIN_DENSITY
     equator = ring & (np.abs(z - zm) < 6)
     above = ring & (np.abs(z - zm) > h + 8) & (np.abs(z - zm) < h + 20)
     outside = (rho > r_out + 14) & (rho < r_out + 24) & (np.abs(z - zm) < 6)  # beyond the MSP rim
@@ -265,8 +267,8 @@ def test_hinge_motion_moves_the_domain_and_keeps_the_rest():
     assert _moving_angle(conf, 0.5) == pytest.approx(conf.max_angle_deg / 2, abs=1e-6)
     assert _moving_angle(conf, 1.0) == pytest.approx(conf.max_angle_deg, abs=1e-6)
     # the rigid part is unchanged: where only it has density, the maps agree to float precision
-    fixed = P.render(conf.fixed, BOX, PX)[0]
-    moving = [P.render(conf.atoms_at(t).select(conf.atoms_at(t).chain == 1), BOX, PX)[0] for t in (0.0, 1.0)]
+    fixed = M.render(conf.fixed, BOX, PX)[0]
+    moving = [M.render(conf.atoms_at(t).select(conf.atoms_at(t).chain == 1), BOX, PX)[0] for t in (0.0, 1.0)]
     only_fixed = (fixed > 0.2 * fixed.max()) & (moving[0] < 1e-6) & (moving[1] < 1e-6)
     assert only_fixed.sum() > 100
     assert np.abs(d0 - d1)[only_fixed].max() < 1e-5 * d0.max()
@@ -307,7 +309,7 @@ def test_atomic_model_density_peaks_at_the_atoms(tmp_path, method):
     pytest.importorskip("gemmi", reason="gemmi (optional extra 'models') is not installed")
     f = tmp_path / "tiny.pdb"
     f.write_text(_PDB)
-    ph = P.from_atomic_model(f, 40, 1.5, method=method)
+    ph = M.from_atomic_model(f, 40, 1.5, method=method)
     assert ph.kind == "atomic_model" and ph.provenance["n_atoms"] == 3  # the water is gone
     assert ph.mass_kda == pytest.approx((12.011 * 2 + 32.06) / 1000, rel=1e-3)
     d = ph.density
@@ -340,20 +342,20 @@ def test_atomic_model_density_peaks_at_the_atoms(tmp_path, method):
     st.assemblies.append(asm)
     cif = tmp_path / "tiny.cif"
     st.make_mmcif_document().write_file(str(cif))
-    again = P.from_atomic_model(cif, 40, 1.5, method=method)
+    again = M.from_atomic_model(cif, 40, 1.5, method=method)
     assert np.allclose(again.density, d, atol=1e-5 * d.max())
-    dimer = P.from_atomic_model(cif, 40, 1.5, method=method, assembly_name="1", symmetry="C2")
+    dimer = M.from_atomic_model(cif, 40, 1.5, method=method, assembly_name="1", symmetry="C2")
     assert dimer.mass_kda == pytest.approx(2 * ph.mass_kda, rel=1e-4) and dimer.symmetry == "C2"
     dd = dimer.density
     assert ncc(dd, transform_map(dd, axis_rotation((0, 0, 1), 180), px=1.5)) > 0.99
     assert ncc(dd, transform_map(dd, axis_rotation((0, 0, 1), 90), px=1.5)) < 0.5
     with pytest.raises(ValueError, match="no assembly"):
-        P.from_atomic_model(cif, 40, 1.5, assembly_name="7")
+        M.from_atomic_model(cif, 40, 1.5, assembly_name="7")
 
 
 def test_user_map_trpv1_resampled_centred_with_mass():
     path = shared_path("maps", "trpv1_volume.mrc")
-    ph = P.from_map(path, 64, 3.0)
+    ph = M.from_map(path, 64, 3.0)
     d = ph.density
     assert d.shape == (64,) * 3 and d.dtype == np.float32 and d.min() >= 0 and ph.kind == "map"
     assert ph.provenance["source_pixel_size"] == pytest.approx(4.88) and ph.provenance["resample"] == "spline"
@@ -361,30 +363,30 @@ def test_user_map_trpv1_resampled_centred_with_mass():
     com = ndimage.center_of_mass(np.where(d > thr, d, 0))
     assert np.allclose(com, 32, atol=0.5)
     orig, vox = read_map(path)
-    m0, _ = P.estimate_mass_kda(orig, vox)
+    m0, _ = M.estimate_mass_kda(orig, vox)
     assert 200 < ph.mass_kda < 450 and ph.mass_kda == pytest.approx(m0, rel=1e-6)  # a tetramer, ~300-380 kDa
     assert float(d.sum()) * 27 / 1000 == pytest.approx(ph.mass_kda, rel=1e-3)
     # the volume above the threshold is kept by resampling (same physical size)
-    assert P.estimate_mass_kda(d, 3.0, threshold=thr)[0] == \
+    assert M.estimate_mass_kda(d, 3.0, threshold=thr)[0] == \
         pytest.approx(m0, rel=0.1)
     assert ph.fits and faces_max(d) < 1e-4 * d.max() and outer_shell_max(d) < 1e-2 * d.max()
 
 
 def test_resampling_fourier_and_spline_agree_with_a_direct_render(tmp_path):
     fine = P.globular(3, 96, 1.5, mass_kda=60, resolution=6.0)
-    direct = P.render(fine.atoms, 48, 3.0, resolution=6.0)[0]
+    direct = M.render(fine.atoms, 48, 3.0, resolution=6.0)[0]
     for method in ("fourier", "spline"):
-        out, used = P.resample_map(fine.density, 1.5, 48, 3.0, method=method)
+        out, used = M.resample_map(fine.density, 1.5, 48, 3.0, method=method)
         assert used == method and out.shape == (48,) * 3
         assert ncc(out, direct) > 0.99, method
         assert float(out.sum()) * 27 == pytest.approx(float(fine.density.sum()) * 1.5 ** 3, rel=0.02)
     with pytest.raises(ValueError):
-        P.resample_map(fine.density, 1.5, 48, 1.7, method="fourier")
+        M.resample_map(fine.density, 1.5, 48, 1.7, method="fourier")
     # from_map through a file, with the mass given
     from cryolens.core.mrc import write_map
     f = tmp_path / "fine.mrc"
     write_map(f, fine.density, 1.5)
-    ph = P.from_map(f, 48, 3.0, mass_kda=fine.mass_kda)
+    ph = M.from_map(f, 48, 3.0, mass_kda=fine.mass_kda)
     assert ph.provenance["resample"] == "fourier" and ph.mass_kda == fine.mass_kda
     assert ncc(ph.density, direct) > 0.98
 

@@ -8,32 +8,25 @@ import torch
 
 def gallery_figure(q: torch.Tensor, table: pd.DataFrame, library, es, max_classes: int = 200):
     """Each class (as matched: resampled to the library) beside its best reference, rotated onto it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..correlate import rotate_images
+    from ..figures import show_image, tile_grid
 
     n = min(len(table), max_classes)
     pairs_per_row = 4
     rows = (n + pairs_per_row - 1) // pairs_per_row
-    fig, axes = plt.subplots(max(rows, 1), 2 * pairs_per_row, figsize=(2 * pairs_per_row * 1.15, max(rows, 1) * 1.45),
-                             squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
+    fig, axes = tile_grid(max(rows, 1), 2 * pairs_per_row, 1.15, 1.45)
     best = np.argmax(np.where(np.isfinite(es.scores), es.scores, -np.inf), 1)
     for i in range(n):
         r, c = divmod(i, pairs_per_row)
         a_cls, a_ref = axes[r, 2 * c], axes[r, 2 * c + 1]
-        a_cls.imshow(q[i].numpy(), cmap="gray")
+        show_image(a_cls, q[i], clip=None)
         ref_i = int(es.best_ref[i, best[i]])
         if ref_i >= 0:
             ref = torch.from_numpy(library.references[ref_i].astype(np.float32))
             psi = es.psi[i, best[i]]
             if np.isfinite(psi):  # the NCC angle rotates the class onto the reference: show the inverse
                 ref = rotate_images(ref[None], torch.tensor([-float(psi)]))[0, 0]
-            a_ref.imshow(ref.numpy(), cmap="gray")
+            show_image(a_ref, ref, clip=None)
         row = table.iloc[i]
         colour = "0.5" if row["identity"] == "unknown" else "C0"
         a_cls.set_title(f"class {int(row['class_id'])}", fontsize=6)

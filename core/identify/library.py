@@ -90,8 +90,8 @@ class Library:
         return entry
 
     def add_map_file(self, path: str | os.PathLike, name: str | None = None, accession: str = "", device="cpu") -> int:
-        """A user map (.mrc): resampled, recentred and masked by ``core.simulate.proteins.from_map``."""
-        from ..simulate.proteins import from_map
+        """A user map (.mrc): resampled, recentred and masked by ``core.maps.from_map``."""
+        from ..maps import from_map
 
         ph = from_map(path, self.box, self.pixel_size, name=name)
         return self.add_volume(ph.density, name or Path(path).stem, accession, str(path), ph.provenance, device)

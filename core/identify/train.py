@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..geometry import euler_to_matrix
+from ..geometry import euler_to_matrix, uniform_orientations
 from ..images import resample_images
 from ..calibration import fit_logistic, logistic
 from ..projector import Projector
@@ -79,8 +79,7 @@ class ViewClusters:
 
 def cluster_angles(n_clusters: int, per_cluster: int, spread_deg: float, rng: np.random.Generator) -> np.ndarray:
     """(C, J, 3) RELION angles: C random view directions, J views within ~``spread_deg`` of each."""
-    rot = rng.uniform(-180, 180, n_clusters)
-    tilt = np.rad2deg(np.arccos(rng.uniform(-1, 1, n_clusters)))
+    rot, tilt = np.ascontiguousarray(uniform_orientations(n_clusters, rng, draw="euler", psi=False)[:, :2].T)
     d_tilt = rng.normal(0, spread_deg, (n_clusters, per_cluster))
     d_rot = rng.normal(0, spread_deg, (n_clusters, per_cluster)) / np.maximum(np.sin(np.deg2rad(tilt)), 0.2)[:, None]
     d_tilt[:, 0] = d_rot[:, 0] = 0.0
@@ -266,8 +265,7 @@ def _validation(val, cfg: RecipeConfig, seed: int):
     rng = np.random.default_rng(seed)
     imgs, labels = [], []
     for e, ph in enumerate(val):
-        ang = np.stack([rng.uniform(-180, 180, 4), np.rad2deg(np.arccos(rng.uniform(-1, 1, 4))),
-                        rng.uniform(-180, 180, 4)], -1)
+        ang = uniform_orientations(4, rng, draw="euler")
         imgs.append(Projector(ph.density).project(torch.as_tensor(euler_to_matrix(ang), dtype=torch.float32)))
         labels += [e] * 4
     q = class_average_like(torch.cat(imgs), cfg.pixel_size, torch.Generator().manual_seed(seed),

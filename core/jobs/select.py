@@ -48,12 +48,9 @@ def _numeric(ps: ParticleSet, col: str) -> np.ndarray:
 
 def _histogram(values: np.ndarray, lo, hi, label: str, kept: int, total: int):
     """The thresholded column's distribution with the cut drawn (a LogFile node in RELION)."""
-    import matplotlib
+    from ..figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = pyplot().subplots(figsize=(5, 3.2))
     ax.hist(values, bins=min(100, max(10, len(values) // 20)), color="0.6")
     for cut in (lo, hi):
         if cut is not None and np.isfinite(cut):

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..images import fourier_resize
+from ..images import fourier_resize, normalize_in_mask
 
 # --------------------------------------------------------------------------------------------- base
 
@@ -51,9 +51,7 @@ class Encoder(nn.Module):
         if x.shape[-1] != self.in_size or x.shape[-2] != self.in_size:
             x = fourier_resize(x, self.in_size)
         if self.standardize:
-            mean = x.mean(dim=(-2, -1), keepdim=True)
-            std = x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
-            x = (x - mean) / std
+            x = normalize_in_mask(x, None, eps=1e-6, ddof=1)
         return x
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..images import fourier_resize, radial_frequency_grid, radius_grid
+from ..images import fourier_resize, normalize_in_mask, radial_frequency_grid, radius_grid
 from ..particles import ClassSet
 
 FEATURE_BOX = 64
@@ -124,11 +124,7 @@ def prepare_images(images, box: int = FEATURE_BOX) -> torch.Tensor:
     x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     if x.shape[-1] != box:
         x = fourier_resize(x, box)
-    disk = (radius_grid(box) <= DISK * box).float()
-    n = disk.sum()
-    mean = (x * disk).sum((-2, -1), keepdim=True) / n
-    sd = torch.sqrt((((x - mean) * disk) ** 2).sum((-2, -1), keepdim=True) / n).clamp_min(1e-6)
-    return (x - mean) / sd
+    return normalize_in_mask(x, (radius_grid(box) <= DISK * box).float(), eps=1e-6, zero_outside=False)
 
 
 def _gauss_smooth(x: torch.Tensor, sigma_px: float) -> torch.Tensor:

@@ -10,11 +10,11 @@ def gallery_figure(images: np.ndarray, class_ids: np.ndarray, prob: np.ndarray, 
                    resolution: np.ndarray, cut: float, title: str, max_cols: int = 10):
     """All classes sorted by score: tiles captioned with score, particles and resolution, kept ones
     framed green, rejected red, the threshold drawn on the sorted-score curve and between the tiles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+
+    from ..figures import pyplot, show_image
+
+    plt = pyplot()
 
     order = np.argsort(-prob, kind="stable")
     k = len(order)
@@ -39,9 +39,7 @@ def gallery_figure(images: np.ndarray, class_ids: np.ndarray, prob: np.ndarray, 
         r, c = divmod(j, cols)
         a = fig.add_axes([c * cell_w + 0.04 * cell_w, grid_h - (r + 1) * cell_h + 0.26 * cell_h,
                           0.92 * cell_w, 0.7 * cell_h])
-        im = np.asarray(images[i], np.float32)
-        lo, hi = np.percentile(im, [1, 99]) if np.isfinite(im).all() else (0.0, 1.0)
-        a.imshow(im, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        show_image(a, images[i])
         a.set_xticks([]), a.set_yticks([])
         kept = prob[i] >= cut
         for s in a.spines.values():

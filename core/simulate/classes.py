@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..geometry import euler_to_matrix, uniform_orientations
 from ..images import apply_soft_mask, lowpass, lowpass_filter, normalize_in_mask, radial_frequency_grid, radius_grid, soft_circular_mask
 from ..particles import ClassSet, ParticleSet
 from .junk import CLASS_JUNK_TYPES as CLASS_JUNK, apply_class_junk
@@ -95,7 +96,7 @@ def synthesize_classes(volumes, n_classes: int = 20, *, box: int = 64, pixel_siz
     gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2 ** 62)))
     for cid, (kind, sp, jt) in enumerate(plan, start=1):
         n = int(round(_draw(members, rng, log=True)))
-        rot, tilt = float(rng.uniform(-180, 180)), float(np.rad2deg(np.arccos(rng.uniform(-1, 1))))
+        rot, tilt = (float(a) for a in uniform_orientations(1, rng, draw="euler", psi=False)[0, :2])  # the view
         t = sim.sample(n, rng)
         if kind == "good" or jt in CLASS_JUNK:
             sp_cls = sp if sp is not None else int(rng.integers(n_species))
@@ -154,8 +155,7 @@ def synthesize_classes(volumes, n_classes: int = 20, *, box: int = 64, pixel_siz
         stack_t = lowpass(stack_t, pixel_size, run_res)
     out = []
     for (kind, sp, jt), avg, row in zip(plan, stack_t, rows):
-        inside = mask > 0.5
-        avg = (avg - avg[inside].mean()) / avg[inside].std().clamp_min(1e-6) * mask
+        avg = normalize_in_mask(avg, mask, eps=1e-6, ddof=1)
         if jt in CLASS_JUNK:
             avg = apply_class_junk(jt, avg, rng, float(row["particle_radius_px"]))
         out.append(avg.cpu().to(torch.float32))
@@ -210,8 +210,6 @@ def _make_junk(t: dict, rows: np.ndarray, kind: str, rng: np.random.Generator) -
 
 def _lowpass_projection(sim: ParticleSimulator, sp: int, rot: float, tilt: float, pixel_size: float,
                         rng: np.random.Generator) -> tuple[torch.Tensor, float]:
-    from ..geometry import euler_to_matrix
-
     A = torch.as_tensor(euler_to_matrix(np.array([[rot, tilt, 0.0]])), dtype=torch.float32, device=sim.device)
     proj = sim.project(sp, len(sim.conformation_values[sp]) // 2, A, np.zeros((1, 2)), None)
     res = float(rng.uniform(8.0, 25.0))

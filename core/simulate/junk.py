@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..geometry import euler_to_matrix
+from ..geometry import euler_to_matrix, uniform_orientations
 from ..images import radial_frequency_grid, radius_grid
 
 __all__ = ["JUNK_TYPES", "CLASS_JUNK_TYPES", "DESCRIPTIONS", "junk_fractions", "sample_junk",
@@ -293,13 +293,11 @@ def _carbon(ctx: RenderContext, rows) -> torch.Tensor:
 
 
 def _aggregate(ctx: RenderContext, rows) -> torch.Tensor:
-    from .particles import _uniform_euler
-
     out = torch.zeros((len(rows), ctx.padded, ctx.padded), device=ctx.device)
     sp, st = ctx.t["species_id"], ctx.t["conformation_state"]
     for i, (r, g) in enumerate(zip(rows, _rngs(ctx, rows))):
         k = int(g.integers(2, 5))
-        ang = _uniform_euler(k - 1, g)
+        ang = uniform_orientations(k - 1, g)
         A = torch.cat([ctx.A[r:r + 1], torch.as_tensor(euler_to_matrix(ang), dtype=torch.float32, device=ctx.device)])
         dist = g.uniform(0.7, 1.4, k - 1) * ctx.t["mask_radius_px"][r]
         phi = g.uniform(0, 2 * np.pi, k - 1)

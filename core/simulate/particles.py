@@ -52,8 +52,9 @@ import pandas as pd
 import torch
 
 from ..ctf import ctf_2d
-from ..geometry import euler_to_matrix, matrix_to_euler, quaternion_to_matrix
+from ..geometry import euler_to_matrix, uniform_orientations
 from ..images import normalize_background, radial_frequency_grid, radius_grid
+from ..maps import fit_box, fourier_resize_map
 from ..particles import ParticleSet
 from ..projector import Projector
 from .noise import NoiseModel, coloured_noise, ice_background, noise_psd
@@ -79,12 +80,6 @@ def _direction_to_rot_tilt(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.rad2deg(np.arctan2(v[:, 1], v[:, 0])), np.rad2deg(np.arccos(np.clip(v[:, 2], -1, 1)))
 
 
-def _uniform_euler(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Haar-uniform rotations: normalised 4-D Gaussian quaternions -> RELION (rot, tilt, psi)."""
-    q = rng.standard_normal((n, 4))
-    return matrix_to_euler(quaternion_to_matrix(q))
-
-
 def _psi(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(-180.0, 180.0, n)
 
@@ -94,7 +89,7 @@ class UniformOrientations:
     """Uniform (Haar) distribution on SO(3)."""
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return _uniform_euler(n, rng)
+        return uniform_orientations(n, rng)
 
 
 @dataclass(frozen=True)
@@ -128,7 +123,7 @@ class PreferredOrientations:
         out = np.stack([rot, tilt, _psi(n, rng)], -1)
         if self.uniform_fraction > 0:
             uni = rng.random(n) < self.uniform_fraction
-            out[uni] = _uniform_euler(int(uni.sum()), rng)
+            out[uni] = uniform_orientations(int(uni.sum()), rng)
         return out
 
 
@@ -284,38 +279,12 @@ def _to_tensor(vol) -> torch.Tensor:
     return t.detach().to("cpu", torch.float64)
 
 
-def _fourier_resample_3d(vol: torch.Tensor, m: int) -> torch.Tensor:
-    """Resample a (D, D, D) volume to (m, m, m) by cropping/zero-padding its centred transform
-    (voxel values preserved: the voxel size becomes D / m times the old one)."""
-    D = vol.shape[0]
-    if m == D:
-        return vol
-    F = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(vol)))
-    s = min(D, m)
-    a, b = D // 2 - s // 2, m // 2 - s // 2
-    out = torch.zeros((m, m, m), dtype=F.dtype)
-    out[b:b + s, b:b + s, b:b + s] = F[a:a + s, a:a + s, a:a + s]
-    return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(out))).real * (m / D) ** 3
-
-
-def _fit_box(vol: torch.Tensor, box: int) -> torch.Tensor:
-    """Zero-pad or crop a cube to ``box``, keeping its centre D//2 at box//2."""
-    D = vol.shape[0]
-    if D == box:
-        return vol
-    out = torch.zeros((box,) * 3, dtype=vol.dtype)
-    s = min(D, box)
-    a, b = D // 2 - s // 2, box // 2 - s // 2
-    out[b:b + s, b:b + s, b:b + s] = vol[a:a + s, a:a + s, a:a + s]
-    return out
-
-
 def prepare_volume(vol, volume_pixel_size: float, pixel_size: float, box: int) -> torch.Tensor:
     """A volume resampled to ``pixel_size`` (Fourier) and padded/cropped to ``box`` (float64, CPU)."""
     v = _to_tensor(vol)
     if abs(volume_pixel_size - pixel_size) > 1e-6 * pixel_size:
-        v = _fourier_resample_3d(v, max(2, int(round(v.shape[0] * volume_pixel_size / pixel_size))))
-    return _fit_box(v, box)
+        v = fourier_resize_map(v, max(2, int(round(v.shape[0] * volume_pixel_size / pixel_size))))
+    return fit_box(v, box)
 
 
 def mass_radius(vol, fraction: float = 0.99) -> float:

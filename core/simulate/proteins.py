@@ -1,4 +1,4 @@
-"""Phantom proteins: seeded pseudo-atomic models rendered as density maps, and user maps/models.
+"""Phantom proteins: seeded pseudo-atomic models rendered as density maps.
 
 Every learned job in cryolens trains on simulated particles, and these are the proteins behind
 them. A phantom is built in three steps:
@@ -14,9 +14,10 @@ them. A phantom is built in three steps:
    :mod:`.symmetry`) place one asymmetric unit off-axis and dock it against its own copies;
    helical filaments dock a subunit in radius and rise for a given twist; membrane proteins are
    bundles of transmembrane helices (with soluble domains) in a detergent micelle or a nanodisc.
-3. **Render**: a sum of 3D Gaussians (B-factor-like width, plus the resolution blur) splatted on
-   the grid, exact in mass: ``density.sum() * pixel_size**3`` is the mass in Dalton, so a map is
-   in Da/Angstrom^3 (the interior of a protein is close to 0.81 Da/Angstrom^3 = 1.35 g/cm^3).
+3. **Render** (``core.maps.render``): a sum of 3D Gaussians (B-factor-like width, plus the
+   resolution blur) splatted on the grid, exact in mass: ``density.sum() * pixel_size**3`` is the
+   mass in Dalton, so a map is in Da/Angstrom^3 (the interior of a protein is close to 0.81
+   Da/Angstrom^3 = 1.35 g/cm^3). Each phantom is a ``core.maps.Phantom``.
 
 Conventions: atom coordinates are (x, y, z) Angstrom about the box centre; maps are (z, y, x)
 float32 arrays with the centre (the protein's centre of mass) at index ``D // 2``, non-negative,
@@ -27,144 +28,38 @@ the last bit elsewhere, and a growing chain can then branch differently).
 The public entry points: :func:`random_phantom` (any kind, sensible distributions: the training
 source), :func:`phantom_library` (n distinct phantoms from one seed), the builders
 :func:`globular`, :func:`complex_`, :func:`assembly`, :func:`filament`, :func:`membrane`,
-:func:`conformational`, and the user sources :func:`from_atomic_model` (PDB/mmCIF through the
-optional ``gemmi``) and :func:`from_map` (any MRC map, resampled to the asked box/pixel size).
+:func:`conformational`. User maps and atomic models (``from_map``, ``from_atomic_model``) and
+3D resampling live in :mod:`core.maps`, which these phantoms are built on.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ..atomic import atomic_write_text
-from ..geometry import quaternion_to_matrix
-from ..mrc import read_map, write_map
+from ..geometry import gaussian_quaternions, quaternion_to_matrix
+from ..maps import (FIT_FRACTION, PROTEIN_DENSITY, Phantom, PseudoAtoms, density_extent, jsonable, render,
+                    resolution_sigma)
 from .example import blob_phantom
 from .symmetry import axis_rotation, generated_order, helical_symbol, parse_symmetry, point_group
 
 __all__ = [
-    "Phantom", "Conformations", "PseudoAtoms", "KINDS",
-    "random_phantom", "phantom_library",
+    "Conformations", "KINDS", "random_phantom", "phantom_library",
     "globular", "complex_", "assembly", "filament", "membrane", "conformational", "blob",
-    "from_atomic_model", "from_map", "resample_map",
-    "fold_domain", "render", "estimate_mass_kda", "expected_rg", "max_mass_kda", "max_subunit_kda", "box_for",
-    "DALTON_PER_RESIDUE", "PROTEIN_DENSITY",
+    "fold_domain", "expected_rg", "max_mass_kda", "max_subunit_kda", "box_for", "DALTON_PER_RESIDUE",
 ]
 
 GENERATOR_VERSION = 1
 DALTON_PER_RESIDUE = 110.0
-PROTEIN_DENSITY = 0.81  # Da / A^3 (1.35 g/cm^3)
 CA_SPACING = 3.8
 _CA_DA, _SC_DA = 58.0, 52.0  # backbone (N, CA, C, O + H) and side chain: 110 Da a residue
 _SC_OFFSET = 2.4  # CA -> side-chain centroid, Angstrom
 _CLASH = 4.0  # minimum non-bonded CA-CA distance, Angstrom
 _CONTACT = 4.0  # docking: closest approach between two bodies' pseudo-atoms, Angstrom
 KINDS = ("globular", "complex", "assembly", "filament", "membrane")
-_FIT = 0.45  # a phantom fits when its max radius (atoms + 2 sigma) < _FIT * box * pixel_size
-
-
-# -- data model --------------------------------------------------------------------------------
-@dataclass
-class PseudoAtoms:
-    """Gaussian pseudo-atoms: positions (N, 3) Angstrom (x, y, z), mass (N,) Da, width sigma (N,)
-    Angstrom (B-factor-like, without the resolution blur), chain (N,) subunit index."""
-
-    xyz: np.ndarray
-    mass: np.ndarray
-    sigma: np.ndarray
-    chain: np.ndarray
-
-    @staticmethod
-    def empty() -> "PseudoAtoms":
-        return PseudoAtoms(np.zeros((0, 3)), np.zeros(0), np.zeros(0), np.zeros(0, np.int64))
-
-    @staticmethod
-    def concat(parts: Sequence["PseudoAtoms"], relabel: bool = False) -> "PseudoAtoms":
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            return PseudoAtoms.empty()
-        chains = [np.full(len(p), i, np.int64) if relabel else p.chain for i, p in enumerate(parts)]
-        return PseudoAtoms(np.concatenate([p.xyz for p in parts]), np.concatenate([p.mass for p in parts]),
-                           np.concatenate([p.sigma for p in parts]), np.concatenate(chains))
-
-    def __len__(self) -> int:
-        return len(self.xyz)
-
-    def transformed(self, R=None, t=None) -> "PseudoAtoms":
-        """x -> R x + t."""
-        xyz = self.xyz if R is None else self.xyz @ np.asarray(R).T
-        xyz = xyz if t is None else xyz + np.asarray(t)
-        return PseudoAtoms(xyz, self.mass, self.sigma, self.chain)
-
-    def select(self, keep: np.ndarray) -> "PseudoAtoms":
-        return PseudoAtoms(self.xyz[keep], self.mass[keep], self.sigma[keep], self.chain[keep])
-
-    @property
-    def mass_kda(self) -> float:
-        return float(self.mass.sum()) / 1000.0
-
-    @property
-    def com(self) -> np.ndarray:
-        return (self.mass[:, None] * self.xyz).sum(0) / max(self.mass.sum(), 1e-12)
-
-    @property
-    def rg(self) -> float:
-        d = self.xyz - self.com
-        return float(np.sqrt((self.mass * (d * d).sum(1)).sum() / self.mass.sum()))
-
-    def max_radius(self, centre=None) -> float:
-        c = self.com if centre is None else np.asarray(centre)
-        return float(np.sqrt(((self.xyz - c) ** 2).sum(1).max())) if len(self) else 0.0
-
-
-@dataclass
-class Phantom:
-    """A density map with what made it.
-
-    ``density`` (D, D, D) float32 in (z, y, x), non-negative, in Da/A^3 (its sum times
-    pixel_size**3 is the mass in Da, micelle/nanodisc included), with the protein's centre of
-    mass at index D//2 (a micelle or nanodisc can sit off it); ``mass_kda`` is the
-    protein's mass; ``symmetry`` 'C1', 'C4', 'D7', 'T', 'O', 'I' or 'H(rise,twist)';
-    ``kind`` one of :data:`KINDS`, or 'atomic_model' / 'map' for user sources; ``provenance``
-    the generator parameters (or the source file) as JSON-able values; ``conformations`` the
-    variants of this protein (this map is their state 0 / t = 0) or None; ``atoms`` the
-    pseudo-atomic model (None for maps); ``fits`` whether the particle lies within
-    0.45 * box * pixel_size of the centre (``max_radius_A``).
-    """
-
-    density: np.ndarray
-    pixel_size: float
-    name: str
-    mass_kda: float
-    symmetry: str = "C1"
-    provenance: dict = field(default_factory=dict)
-    kind: str = "globular"
-    conformations: "Conformations | None" = None
-    atoms: PseudoAtoms | None = field(default=None, repr=False)
-    max_radius_A: float = 0.0
-    fits: bool = True
-
-    @property
-    def box(self) -> int:
-        return int(self.density.shape[0])
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the map (MRC, atomically) and its metadata beside it (same name, ``.json``)."""
-        path = Path(path)
-        write_map(path, self.density, self.pixel_size)
-        meta = {"name": self.name, "kind": self.kind, "mass_kda": self.mass_kda, "symmetry": self.symmetry,
-                "pixel_size": self.pixel_size, "box": self.box, "max_radius_A": self.max_radius_A,
-                "fits": self.fits, "provenance": self.provenance,
-                "conformations": None if self.conformations is None else self.conformations.describe()}
-        atomic_write_text(path.with_suffix(".json"), json.dumps(_jsonable(meta), indent=1) + "\n")
-        return path
 
 
 class Conformations:
@@ -232,9 +127,9 @@ class Conformations:
         tpl = self.template
         prov = dict(tpl["provenance"], conformation_t=float(t), angle_deg=self.angle(t))
         atoms = self.atoms_at(t)
-        r = _extent(atoms, self.pixel_size, self.resolution)
+        r = density_extent(atoms, self.pixel_size, self.resolution)
         return Phantom(dens, self.pixel_size, f"{tpl['name']}-t{t:.3f}", tpl["mass_kda"], tpl["symmetry"], prov,
-                       tpl["kind"], None, atoms, r, r < _FIT * self.box * self.pixel_size)
+                       tpl["kind"], None, atoms, r, r < FIT_FRACTION * self.box * self.pixel_size)
 
     def state(self, i: int) -> Phantom:
         if i in self._state_cache:
@@ -245,10 +140,10 @@ class Conformations:
             atoms = self._state_atoms[i]
             dens, _ = render(atoms, self.box, self.pixel_size, self.resolution)
             tpl = self.template
-            r = _extent(atoms, self.pixel_size, self.resolution)
+            r = density_extent(atoms, self.pixel_size, self.resolution)
             ph = Phantom(dens, self.pixel_size, f"{tpl['name']}-state{i}", atoms.mass_kda, tpl["symmetry"],
                          dict(tpl["provenance"], state=i), tpl["kind"], None, atoms, r,
-                         r < _FIT * self.box * self.pixel_size)
+                         r < FIT_FRACTION * self.box * self.pixel_size)
         self._state_cache[i] = ph
         return ph
 
@@ -275,8 +170,8 @@ def _rng(rng_or_seed) -> tuple[np.random.Generator, int | None]:
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
-    """A uniform random rotation (RELION matrix via the geometry module's quaternion formula)."""
-    return quaternion_to_matrix(rng.normal(size=4))
+    """A uniform random rotation (RELION matrix), from the geometry module's quaternion draw."""
+    return quaternion_to_matrix(gaussian_quaternions(1, rng)[0])
 
 
 def _unit(rng: np.random.Generator, n: int | None = None) -> np.ndarray:
@@ -284,95 +179,23 @@ def _unit(rng: np.random.Generator, n: int | None = None) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        return round(float(x), 6)
-    return x
-
-
 def expected_rg(n_residues: float) -> float:
     """Radius of gyration of a compact globular protein, Angstrom: 2.2 N^0.38."""
     return 2.2 * float(n_residues) ** 0.38
 
 
-def _sigma_res(resolution: float | None, pixel_size: float) -> float:
-    """Gaussian blur (Angstrom) for a map at ``resolution`` (default: Nyquist, 2 * pixel):
-    sigma = 0.225 * resolution (ChimeraX molmap's 1 / (pi sqrt 2))."""
-    res = 2.0 * pixel_size if resolution is None else float(resolution)
-    return 0.225 * res
-
-
-def _extent(atoms: PseudoAtoms, pixel_size: float, resolution: float | None, centre=(0.0, 0.0, 0.0)) -> float:
-    """Max radius of the density about the box centre: farthest atom + 2 sigma."""
-    if not len(atoms):
-        return 0.0
-    r = np.sqrt(((atoms.xyz - np.asarray(centre)) ** 2).sum(1))
-    s = np.sqrt(atoms.sigma ** 2 + _sigma_res(resolution, pixel_size) ** 2)
-    return float((r + 2 * s).max())
-
-
 def box_for(max_radius_A: float, pixel_size: float, multiple: int = 2) -> int:
     """The smallest box (a multiple of ``multiple``) with max_radius < 0.45 * box * pixel_size."""
-    b = math.ceil(max_radius_A / (_FIT * pixel_size)) + 1
+    b = math.ceil(max_radius_A / (FIT_FRACTION * pixel_size)) + 1
     return int(math.ceil(b / multiple) * multiple)
 
 
 def max_mass_kda(box: int, pixel_size: float, compactness: float = 2.0) -> float:
     """Largest compact globular mass whose phantom fits the box: max radius ~ compactness * R_g."""
-    r_max = _FIT * box * pixel_size - 2 * 2.0 - 2 * _sigma_res(None, pixel_size)
+    r_max = FIT_FRACTION * box * pixel_size - 2 * 2.0 - 2 * resolution_sigma(None, pixel_size)
     rg = max(r_max / compactness, 5.0)
     n_res = (rg / 2.2) ** (1 / 0.38)
     return n_res * DALTON_PER_RESIDUE / 1000.0
-
-
-# -- rendering ---------------------------------------------------------------------------------
-def render(atoms: PseudoAtoms, box: int, pixel_size: float, resolution: float | None = None,
-           chunk_values: int = 1 << 22) -> tuple[np.ndarray, float]:
-    """Sum of 3D Gaussians on a (box,)*3 grid: (density float32 in Da/A^3, fraction of mass lost
-    outside the box).
-
-    Atom i contributes mass_i / pixel_size^3 spread as a Gaussian of width
-    sqrt(sigma_i^2 + sigma_res^2) over a window of +-3 sigma voxels, normalised per axis on the
-    window so the sum over voxels is exact. Separable and vectorised (numpy bincount:
-    deterministic, a few thousand atoms at 64^3 in ~10-30 ms).
-    """
-    box, px = int(box), float(pixel_size)
-    vol = np.zeros(box ** 3, np.float64)
-    n = len(atoms)
-    if n == 0:
-        return vol.reshape((box,) * 3).astype(np.float32), 0.0
-    s_px = np.sqrt(atoms.sigma ** 2 + _sigma_res(resolution, px) ** 2) / px
-    p = atoms.xyz / px + box // 2  # (N, 3) voxel coords, x y z
-    half = max(1, int(math.ceil(3.0 * s_px.max())))
-    K = 2 * half + 1
-    off = np.arange(-half, half + 1)
-    step = max(1, chunk_values // (K ** 3))
-    w_all = atoms.mass / px ** 3
-    lost = 0.0
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        c = np.rint(p[a:b]).astype(np.int64)  # (n, 3)
-        idx = c[:, :, None] + off  # (n, 3, K)
-        d = idx - p[a:b, :, None]
-        g = np.exp(-0.5 * (d / s_px[a:b, None, None]) ** 2)
-        g /= g.sum(-1, keepdims=True)
-        inside = (idx >= 0) & (idx < box)
-        lost += float((w_all[a:b] * (1 - (g * inside).sum(-1).prod(-1))).sum())
-        g = g * inside
-        idx = np.clip(idx, 0, box - 1)
-        vals = (w_all[a:b, None, None, None] * g[:, 2, :, None, None] * g[:, 1, None, :, None]
-                * g[:, 0, None, None, :])
-        flat = ((idx[:, 2, :, None, None] * box + idx[:, 1, None, :, None]) * box + idx[:, 0, None, None, :])
-        vol += np.bincount(flat.ravel(), weights=vals.ravel(), minlength=box ** 3)
-    return vol.reshape((box,) * 3).astype(np.float32), lost / max(float(w_all.sum()), 1e-30)
 
 
 # -- folding -------------------------------------------------------------------------------------
@@ -755,15 +578,15 @@ def _finish(atoms: PseudoAtoms, box: int, pixel_size: float, resolution: float |
     dens, lost = render(atoms, box, pixel_size, resolution)
     if extra_density is not None:
         dens = dens + extra_density.astype(np.float32)
-    r = _extent(atoms, pixel_size, resolution)
-    fits = r < _FIT * box * pixel_size
+    r = density_extent(atoms, pixel_size, resolution)
+    fits = r < FIT_FRACTION * box * pixel_size
     prov = {"generator": "cryolens.core.simulate.proteins", "version": GENERATOR_VERSION, **provenance,
             "box": int(box), "pixel_size": float(pixel_size),
             "resolution_A": float(resolution) if resolution else 2.0 * float(pixel_size),
             "n_pseudo_atoms": len(atoms), "rg_A": round(atoms.rg, 2), "mass_lost_outside_box": round(lost, 6)}
     m = atoms.mass_kda if mass_kda is None else mass_kda
     return Phantom(np.ascontiguousarray(dens, np.float32), float(pixel_size), name, round(float(m), 6), symmetry,
-                   _jsonable(prov), kind, None, atoms, round(r, 2), bool(fits))
+                   jsonable(prov), kind, None, atoms, round(r, 2), bool(fits))
 
 
 def _seed_tag(seed) -> str:
@@ -774,9 +597,9 @@ def _fitting(build: Callable[[float], PseudoAtoms | tuple], mass_kda: float, box
              resolution: float | None, shrink: float = 0.8, tries: int = 6, extent=None):
     """Build at ``mass_kda``; while it does not fit the box, rebuild at ``shrink`` times the mass.
     Returns (result, mass used, tries used)."""
-    extent = extent or (lambda res: _extent(res[0] if isinstance(res, tuple) else res, pixel_size, resolution))
+    extent = extent or (lambda res: density_extent(res[0] if isinstance(res, tuple) else res, pixel_size, resolution))
     m = mass_kda
-    lim = _FIT * box * pixel_size
+    lim = FIT_FRACTION * box * pixel_size
     for i in range(tries):
         res = build(m)
         e = extent(res)
@@ -1014,8 +837,8 @@ def filament(rng_or_seed, box: int = 64, pixel_size: float = 3.0, subunit_kda: f
     """
     rng, seed = _rng(rng_or_seed)
     length_A = 0.8 * box * pixel_size if length_A is None else float(length_A)
-    lim = _FIT * box * pixel_size
-    pad = 2 * math.sqrt(1.9 ** 2 + _sigma_res(resolution, pixel_size) ** 2)
+    lim = FIT_FRACTION * box * pixel_size
+    pad = 2 * math.sqrt(1.9 ** 2 + resolution_sigma(resolution, pixel_size) ** 2)
 
     def extent(res):
         xyz = res[0].xyz
@@ -1202,7 +1025,7 @@ def membrane(rng_or_seed, box: int = 64, pixel_size: float = 3.0, mass_kda: floa
         (atoms, tm), _ = res
         c = atoms.com
         r_belt = np.sqrt((tm.xyz[:, :2] ** 2).sum(1)).max() + width + 6 + np.hypot(c[0], c[1])
-        return max(_extent(atoms, pixel_size, resolution, c), np.hypot(r_belt, abs(c[2]) + half_h))
+        return max(density_extent(atoms, pixel_size, resolution, c), np.hypot(r_belt, abs(c[2]) + half_h))
 
     ((atoms, tm), info), m, tries = _fitting(lambda mm: _membrane_atoms(rng, mm, n_subunits, belt, soluble),
                                              mass_kda, box,
@@ -1224,7 +1047,7 @@ def membrane(rng_or_seed, box: int = 64, pixel_size: float = 3.0, mass_kda: floa
     lipid = _belt_density(box, pixel_size, centre, r_out, half_h, belt, belt_level * PROTEIN_DENSITY,
                           protein + msp_map)
     belt_kda = (float(lipid.sum()) * pixel_size ** 3 + float(msp.mass.sum())) / 1000
-    r_all = max(_extent(atoms, pixel_size, resolution),
+    r_all = max(density_extent(atoms, pixel_size, resolution),
                 math.hypot(float(np.hypot(*axis_xy)) + r_out + 6, abs(z_mem) + half_h))
     sym = f"C{info['copies']}"
     ph = _finish(PseudoAtoms.concat([atoms, msp]) if len(msp) else atoms, box, pixel_size, resolution,
@@ -1236,7 +1059,7 @@ def membrane(rng_or_seed, box: int = 64, pixel_size: float = 3.0, mass_kda: floa
                              "tm_radius_A": r_tm})
     ph.atoms = atoms
     ph.max_radius_A = round(r_all, 2)
-    ph.fits = bool(r_all < _FIT * box * pixel_size)
+    ph.fits = bool(r_all < FIT_FRACTION * box * pixel_size)
     return ph
 
 
@@ -1295,7 +1118,7 @@ def conformational(rng_or_seed, box: int = 64, pixel_size: float = 3.0, mass_kda
         return (PseudoAtoms.concat([fixed, mov]), (fixed, mov), {"moving_fraction": round(float(frac), 3)})
 
     (atoms, parts, info), m, tries = _fitting(build, mass_kda, box, pixel_size, resolution, tries=6 if fit else 1,
-                                              extent=lambda res: _extent(res[0], pixel_size, resolution) * 1.1)
+                                              extent=lambda res: density_extent(res[0], pixel_size, resolution) * 1.1)
     shift = -atoms.com
     atoms = atoms.transformed(None, shift)
     tpl_prov = {"builder": "conformational", "seed": seed, "requested_kda": mass_kda, "fit_tries": tries,
@@ -1434,242 +1257,3 @@ def phantom_library(n: int, seed: int = 0, box: int = 64, pixel_size: float = 3.
     seeds = np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32)
     return [random_phantom(int(s), box, pixel_size, kind=kinds[k], resolution=resolution)
             for s, k in zip(seeds, plan)]
-
-
-# -- user sources: atomic models and maps --------------------------------------------------------
-def _gemmi():
-    try:
-        import gemmi  # noqa: PLC0415 - optional extra
-    except ImportError:
-        raise ImportError("reading atomic models needs gemmi: pip install 'cryolens[models]' (or pip install gemmi)") \
-            from None
-    return gemmi
-
-
-def from_atomic_model(path: str | os.PathLike, box: int, pixel_size: float, resolution: float | None = None,
-                      method: str = "gaussian", assembly_name: str | None = None, symmetry: str = "C1",
-                      hydrogens: bool = False, centre: bool = True, name: str | None = None) -> Phantom:
-    """A map from a PDB/mmCIF model (optional dependency gemmi): first model, waters removed.
-
-    ``method='gaussian'``: one Gaussian an atom, weight its mass, width sqrt(B/8 pi^2 +
-    (0.225 resolution)^2); ``method='gemmi'``: gemmi's electron-scattering DensityCalculatorE
-    (5-Gaussian form factors and B-factors, blurred to ``resolution``), rescaled so the map still
-    integrates to the model's mass. ``assembly_name`` builds a biological assembly from the file
-    (e.g. '1'). The model's centre of mass goes to the box centre (``centre=False`` keeps the
-    file's origin at the box centre); the shift is in the provenance.
-    """
-    gemmi = _gemmi()
-    path = Path(path)
-    st = gemmi.read_structure(str(path))
-    st.setup_entities()
-    if len(st) == 0:
-        raise ValueError(f"{path}: no model in the file")
-    if assembly_name is not None:
-        asm = next((a for a in st.assemblies if a.name == str(assembly_name)), None)
-        if asm is None:
-            raise ValueError(f"{path}: no assembly {assembly_name!r} (have {[a.name for a in st.assemblies]})")
-        built = gemmi.make_assembly(asm, st[0], gemmi.HowToNameCopiedChain.AddNumber)
-        st = gemmi.Structure()
-        st.add_model(built)
-    st.remove_waters()
-    if not hydrogens:
-        st.remove_hydrogens()
-    model = st[0]
-    xyz, mass, bfac, chain_names = [], [], [], []
-    for ch in model:
-        for res in ch:
-            for at in res:
-                xyz.append(at.pos.tolist())
-                mass.append(at.element.weight * at.occ)
-                bfac.append(at.b_iso)
-                chain_names.append(ch.name)
-    if not xyz:
-        raise ValueError(f"{path}: no atoms in the first model")
-    xyz, mass, bfac = np.array(xyz, np.float64), np.array(mass), np.array(bfac)
-    names = {c: i for i, c in enumerate(dict.fromkeys(chain_names))}
-    atoms = PseudoAtoms(xyz, mass, np.sqrt(np.maximum(bfac, 0) / (8 * np.pi ** 2)),
-                        np.array([names[c] for c in chain_names], np.int64))
-    shift = -atoms.com if centre else np.zeros(3)
-    atoms = atoms.transformed(None, shift)
-    if method == "gaussian":
-        dens, lost = render(atoms, box, pixel_size, resolution)
-    elif method == "gemmi":
-        dens, lost = _gemmi_density(gemmi, model, shift, box, pixel_size, resolution, atoms.mass.sum())
-    else:
-        raise ValueError(f"method must be 'gaussian' or 'gemmi', got {method!r}")
-    r = _extent(atoms, pixel_size, resolution)
-    prov = {"source": str(path.resolve()), "method": method, "assembly": assembly_name, "n_atoms": len(atoms),
-            "shift_A": shift, "box": box, "pixel_size": pixel_size,
-            "resolution_A": float(resolution) if resolution else 2.0 * pixel_size,
-            "mass_lost_outside_box": round(lost, 6), "chains": list(names)}
-    return Phantom(dens.astype(np.float32), float(pixel_size), name or path.stem, round(atoms.mass_kda, 6),
-                   symmetry, _jsonable(prov), "atomic_model", None, atoms, round(r, 2),
-                   bool(r < _FIT * box * pixel_size))
-
-
-def _gemmi_density(gemmi, model, shift, box, pixel_size, resolution, total_mass) -> tuple[np.ndarray, float]:
-    L = box * pixel_size
-    st = gemmi.Structure()
-    st.cell = gemmi.UnitCell(L, L, L, 90, 90, 90)
-    st.spacegroup_hm = "P 1"
-    m = model.clone() if hasattr(model, "clone") else model
-    t = np.asarray(shift) + (box // 2) * pixel_size  # box centre = grid point box//2 = position (box//2)*px
-    m.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(), gemmi.Vec3(*t.tolist())))
-    st.add_model(m)
-    dc = gemmi.DensityCalculatorE()
-    dc.grid.set_unit_cell(st.cell)
-    dc.grid.spacegroup = gemmi.SpaceGroup("P 1")
-    dc.grid.set_size(box, box, box)
-    dc.d_min = 0.0  # use the grid as set
-    dc.blur = 8 * np.pi ** 2 * _sigma_res(resolution, pixel_size) ** 2  # B = 8 pi^2 sigma^2
-    dc.put_model_density_on_grid(st[0])
-    arr = np.array(dc.grid.array, dtype=np.float64, copy=True)  # (x, y, z)
-    arr = np.transpose(arr, (2, 1, 0)).clip(min=0)
-    s = arr.sum() * pixel_size ** 3
-    arr = arr * (total_mass / s) if s > 0 else arr
-    return arr.astype(np.float32), 0.0
-
-
-def estimate_mass_kda(density: np.ndarray, pixel_size: float, threshold: float | None = None,
-                      fraction: float = 0.2) -> tuple[float, float]:
-    """(mass estimate kDa, threshold): the volume above the threshold times 0.81 Da/A^3. The
-    default threshold is ``fraction`` of the robust maximum (mean of the top 0.05 % voxels)."""
-    d = np.asarray(density, np.float64).ravel()
-    if threshold is None:
-        k = max(10, d.size // 2000)
-        top = np.partition(d, d.size - k)[d.size - k:]
-        threshold = fraction * float(top.mean())
-    vol = float((d > threshold).sum()) * pixel_size ** 3
-    return vol * PROTEIN_DENSITY / 1000.0, float(threshold)
-
-
-def _fourier_resize(vol: np.ndarray, n_out: int) -> np.ndarray:
-    """Fourier crop/pad of a cubic map (centre at index N//2 kept at n_out//2), values preserved."""
-    n = vol.shape[0]
-    F = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(vol)))
-    G = np.zeros((n_out,) * 3, np.complex128)
-    m = min(n, n_out)
-    si, so = n // 2 - m // 2, n_out // 2 - m // 2
-    G[so:so + m, so:so + m, so:so + m] = F[si:si + m, si:si + m, si:si + m]
-    out = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(G))).real
-    return out * (n_out / n) ** 3
-
-
-def _lowpass(vol: np.ndarray, cutoff: float) -> np.ndarray:
-    """Soft low-pass at ``cutoff`` (fraction of the input Nyquist, 0-1)."""
-    n = vol.shape[0]
-    f = np.fft.fftfreq(n) * 2  # Nyquist = 1
-    fz, fy, fx = np.meshgrid(f, f, np.fft.rfftfreq(n) * 2, indexing="ij")
-    r = np.sqrt(fx ** 2 + fy ** 2 + fz ** 2)
-    w = np.clip((cutoff - r) / (0.1 * cutoff) + 0.5, 0, 1)
-    return np.fft.irfftn(np.fft.rfftn(vol) * w, s=vol.shape, axes=(0, 1, 2))
-
-
-def resample_map(vol: np.ndarray, pixel_size_in: float, box: int, pixel_size: float,
-                 method: str = "auto") -> tuple[np.ndarray, str]:
-    """Resample a cubic map to (box,)*3 at ``pixel_size``, centre (index D//2) to centre.
-
-    'fourier': exact Fourier crop/pad, used by 'auto' when D_in * pixel_size_in / pixel_size is
-    an integer (to 0.1 %); 'spline': low-pass at the new Nyquist when coarsening, then cubic
-    spline interpolation (scipy.ndimage). Density values (per A^3) are preserved.
-    Returns (map float64, method used).
-    """
-    vol = np.asarray(vol, np.float64)
-    n = vol.shape[0]
-    if vol.shape != (n, n, n):
-        raise ValueError(f"a cubic map is needed, got shape {vol.shape}")
-    ratio = pixel_size_in / pixel_size
-    n_f = n * ratio
-    if method == "auto":
-        method = "fourier" if abs(n_f - round(n_f)) < 1e-3 * n_f else "spline"
-    if method == "fourier":
-        n_out = int(round(n_f))
-        if abs(n_f - n_out) > 1e-3 * n_f:
-            raise ValueError(f"Fourier resampling needs an integer size: {n} * {pixel_size_in} / {pixel_size} "
-                             f"= {n_f:.3f}")
-        out = _fourier_resize(vol, n_out) if n_out != n else vol
-        # centre crop/pad to box: index n_out//2 -> box//2
-        res = np.zeros((box,) * 3)
-        a = box // 2 - n_out // 2
-        src = slice(max(0, -a), min(n_out, box - a))
-        dst = slice(max(0, a), max(0, a) + (src.stop - src.start))
-        res[dst, dst, dst] = out[src, src, src]
-        return res, "fourier"
-    if method != "spline":
-        raise ValueError(f"method must be 'auto', 'fourier' or 'spline', got {method!r}")
-    if ratio < 1:  # coarser output: remove what the new grid cannot hold
-        vol = _lowpass(vol, ratio)
-    scale = pixel_size / pixel_size_in
-    c_in, c_out = n // 2, box // 2
-    out = ndimage.affine_transform(vol, np.full(3, scale), offset=c_in - scale * c_out, output_shape=(box,) * 3,
-                                   order=3, mode="constant", cval=0.0, prefilter=True)
-    return out, "spline"
-
-
-def from_map(path_or_array, box: int, pixel_size: float, source_pixel_size: float | None = None,
-             mass_kda: float | None = None, recentre: bool = True, method: str = "auto",
-             symmetry: str = "C1", name: str | None = None, mask: bool = True) -> Phantom:
-    """A phantom from any map (an MRC path, or an array with ``source_pixel_size``).
-
-    The background (median of the outer shell) is subtracted, the map resampled to
-    (box,)*3 at ``pixel_size`` (:func:`resample_map`), the centre of mass of its density above
-    the mass threshold moved to D//2 (``recentre``), negative values clipped and a soft
-    spherical mask (radius 0.45 box, cosine edge) applied (``mask``). The map is scaled to
-    Da/A^3 like the generated phantoms: to ``mass_kda`` if given, else to the mass estimated
-    from its volume on the original grid (:func:`estimate_mass_kda`, recorded as an estimate).
-    ``max_radius_A`` is the farthest voxel above the threshold.
-    """
-    if isinstance(path_or_array, (str, os.PathLike)):
-        path = Path(path_or_array)
-        vol, vox = read_map(path)
-        src = str(path.resolve())
-        if source_pixel_size is None:
-            if vox is None:
-                raise ValueError(f"{path}: the header has no pixel size; pass source_pixel_size")
-            source_pixel_size = vox
-        name = name or path.stem
-    else:
-        vol = np.asarray(path_or_array, np.float32)
-        src = "array"
-        if source_pixel_size is None:
-            raise ValueError("source_pixel_size is needed for an array")
-        name = name or "map"
-    n = vol.shape[0]
-    z, y, x = np.indices(vol.shape) - n // 2
-    shell = vol[np.sqrt(x * x + y * y + z * z) > 0.45 * n]
-    bg = float(np.median(shell)) if shell.size else 0.0
-    vol = np.asarray(vol, np.float64) - bg
-    # the mass estimate and its threshold come from the map as given (its own sampling)
-    m_est, thr = estimate_mass_kda(vol, float(source_pixel_size))
-    out, used = resample_map(vol, float(source_pixel_size), box, pixel_size, method)
-    shift_px = np.zeros(3)
-    if recentre:  # centre of mass of the density above the threshold to D//2 (twice: spline shifts)
-        for _ in range(2):
-            w = np.where(out > thr, out, 0.0)
-            if w.sum() <= 0:
-                break
-            step = box // 2 - np.array(ndimage.center_of_mass(w))
-            out = ndimage.shift(out, step, order=3, mode="constant", cval=0.0)
-            shift_px += step
-    out = np.clip(out, 0, None)
-    if mask:
-        zz, yy, xx = np.indices(out.shape) - box // 2
-        r = np.sqrt(xx * xx + yy * yy + zz * zz)
-        r0, edge = 0.45 * box, 0.05 * box
-        out *= np.where(r < r0, 1.0, np.where(r < r0 + edge, 0.5 * (1 + np.cos(np.pi * (r - r0) / edge)), 0.0))
-    target = float(mass_kda) if mass_kda is not None else m_est
-    s = float(out.sum()) * pixel_size ** 3 / 1000
-    scale = target / s if s > 0 else 1.0
-    out = (out * scale).astype(np.float32)
-    above = out > thr * scale
-    if above.any():
-        zi, yi, xi = np.nonzero(above)
-        rr = np.sqrt((xi - box // 2) ** 2 + (yi - box // 2) ** 2 + (zi - box // 2) ** 2).max() * pixel_size
-    else:
-        rr = 0.0
-    prov = {"source": src, "source_pixel_size": float(source_pixel_size), "source_box": int(n),
-            "background_subtracted": bg, "resample": used, "recentre_shift_px": (-shift_px[::-1]).tolist(),
-            "mass_estimated": mass_kda is None, "mass_threshold": thr * scale, "scale_to_da_per_A3": scale,
-            "box": box, "pixel_size": pixel_size}
-    return Phantom(out, float(pixel_size), name, round(target, 6), symmetry, _jsonable(prov), "map", None, None,
-                   round(float(rr), 2), bool(rr < _FIT * box * pixel_size))
