@@ -169,7 +169,8 @@ def model_radius_A(path: Path) -> float:
 def protein_maps(spec: RunSpec, model_dir: Path | None) -> dict[str, np.ndarray]:
     """Each protein of the run as a (box,)*3 map at the run's pixel size (chosen here so the largest
     protein spans about 60% of the box, as a facility boxes particles). Sets ``spec.pixel_size``."""
-    from cryolens.core.simulate.proteins import from_atomic_model, phantom_library
+    from cryolens.core.maps import from_atomic_model
+    from cryolens.core.simulate.proteins import phantom_library
 
     radii = [model_radius_A(model_dir / p["ref"]) for p in spec.proteins if p["source"] == "model"]
     r = max(radii) if radii else 0.0
