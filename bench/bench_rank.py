@@ -38,8 +38,8 @@ from cryolens.core.jobs.rank import auto_threshold
 from cryolens.core.rank.features import class_counts, image_features, stat_features
 from cryolens.core.calibration import auroc, expected_calibration_error
 from cryolens.core.rank import RankModel
-from cryolens.rank_cmd import TRAIN_POOL
-from cryolens.recipes.rank_data import (BENCH_RELION, TRAIN_RELION, cached_synthetic, default_cache, relion_dataset)
+from cryolens.recipes.rank_data import (BENCH_RELION, TRAIN_POOL, TRAIN_RELION, cached_synthetic, default_cache,
+                                        relion_dataset)
 
 BENCH_POOL = (900_000, 30)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from enum import IntEnum
 
 
 class CryolensError(Exception):
@@ -25,3 +26,26 @@ class InputError(CryolensError):
 
 class JobAborted(Exception):
     """Raised inside a job when the user asked it to stop (RELION_JOB_ABORT_NOW, cryoSPARC kill)."""
+
+
+class ExitCode(IntEnum):
+    """The process exit status of every cryolens entry point: ``cryolens``, ``cryolens-relion-<job>``
+    and ``cryolens-cryosparc``. RELION itself reads only the RELION_JOB_EXIT_* files; cryoSPARC
+    (online) records a failed job as failed, and its entry then exits with FAILED."""
+
+    SUCCESS = 0
+    FAILED = 1  # the job failed: a bug (internal error), or CryoSPARC marked the job failed
+    BAD_INPUT = 2  # bad input or usage: the message names the file or the option (argparse uses 2 too)
+    ABORTED = 3  # the user asked the job to stop (RELION_JOB_ABORT_NOW)
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
+
+
+def exit_code(err: BaseException) -> ExitCode:
+    """The exit status for an exception that ended a run."""
+    if isinstance(err, CryolensError):
+        return ExitCode.BAD_INPUT
+    if isinstance(err, JobAborted):
+        return ExitCode.ABORTED
+    if isinstance(err, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED
+    return ExitCode.FAILED

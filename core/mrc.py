@@ -32,7 +32,9 @@ from .atomic import atomic_path
 from .errors import InputError
 
 __all__ = ["StackInfo", "MapInfo", "read_map", "map_info", "write_map", "write_stack", "stack_writer",
-           "stack_info", "open_stack", "SUPPORTED_MODES"]
+           "stack_info", "open_stack", "read_class_stack", "MRC_SUFFIXES", "SUPPORTED_MODES"]
+
+MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".rec", ".st")  # names cryolens takes for MRC files
 
 # modes cryolens reads (all returned as float32 by the readers); 3, 4 (complex) and 101 (4-bit) are not
 SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
@@ -333,3 +335,25 @@ def write_stack(path: str | os.PathLike, data: np.ndarray, pixel_size: float | N
         raise ValueError(f"write_stack needs (N, ny, nx) images, got shape {data.shape}")
     with stack_writer(path, data.shape, pixel_size) as out:
         out[...] = data
+
+
+def read_class_stack(path: str | os.PathLike, pixel_size: float | None = None):
+    """A bare stack of class averages (.mrcs, or a .mrc stack) as a ClassSet: images only, no
+    statistics and no membership; classes are numbered 1..K in stack order. The pixel size comes
+    from the header unless given."""
+    import pandas as pd
+
+    from .particles import ClassSet  # only this reader needs the data model (and pandas)
+
+    info = stack_info(path)
+    if info.ny != info.nx:
+        raise InputError(f"class averages must be square, this stack is {info.nx} x {info.ny}", path)
+    images = np.array(open_stack(path, as_stack=True), dtype=np.float32)
+    if not np.isfinite(images).all():
+        raise InputError("the stack holds NaN or infinite pixels", path)
+    px = pixel_size if pixel_size else info.pixel_size
+    if px is not None and not px > 0:
+        px = None
+    table = pd.DataFrame({"class_id": np.arange(1, len(images) + 1, dtype=np.int64), "image_stack": str(path),
+                          "image_index": np.arange(len(images), dtype=np.int64)})
+    return ClassSet(table, images, px, None, source=str(path), meta={"bare_stack": True})

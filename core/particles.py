@@ -268,12 +268,19 @@ class ClassSet:
 
     def counts(self) -> pd.Series:
         """Particles per class (0 for empty classes), from membership or the distribution."""
+        counts = self.known_counts()
+        if counts is None:
+            raise InputError("class set has neither membership nor particle counts", self.source)
+        return counts
+
+    def known_counts(self) -> pd.Series | None:
+        """``counts()``, or None where the input does not say (a bare stack, a model star alone)."""
         if self.particles is not None and self.particles.has("class_id"):
             vc = self.particles.table["class_id"].value_counts()
             return pd.Series([int(vc.get(k, 0)) for k in self.class_ids], index=self.class_ids, name="n_particles")
         if "n_particles" in self.table:
             return pd.Series(self.table["n_particles"].to_numpy(), index=self.class_ids, name="n_particles")
-        raise InputError("class set has neither membership nor particle counts", self.source)
+        return None
 
     def members(self, class_ids: int | Iterable[int]) -> ParticleSet:
         """The particles assigned to the given class number(s)."""

@@ -1,18 +1,18 @@
 """Pick the adapter for a file by its kind: RELION STAR, cryoSPARC .cs, or MRC.
 
-The command line and the jobs' shell entry use this; core never does (it knows no format).
+The command line's dispatcher: core never uses it (it knows no format), nor do the adapters
+(each reads its own files).
 """
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-from cryolens.core.errors import InputError
-from cryolens.core.particles import ClassSet, ParticleSet
+import numpy as np
 
-MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".rec", ".st")
-CLASS2D_STAR = re.compile(r".*_it\d+_(data|model|optimiser)\.star$")
+from cryolens.core.errors import InputError
+from cryolens.core.mrc import MRC_SUFFIXES, read_class_stack
+from cryolens.core.particles import ClassSet, ParticleSet
 
 
 def kind_of(path: str | os.PathLike) -> str:
@@ -28,11 +28,6 @@ def kind_of(path: str | os.PathLike) -> str:
     if suffix in MRC_SUFFIXES:
         return "mrc"
     raise InputError("unknown file type (expected .star, .cs, .mrc, .mrcs or .map)", p)
-
-
-def is_class2d(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return bool(CLASS2D_STAR.match(p.name)) or (p.is_dir() and any(p.glob("*_it[0-9][0-9][0-9]_model.star")))
 
 
 def read_particles(path: str | os.PathLike, project_dir: str | os.PathLike | None = None) -> ParticleSet:
@@ -78,24 +73,28 @@ def read_classes(path: str | os.PathLike, particles: str | os.PathLike | None = 
     raise InputError(f"not a 2D class file ({kind})", path)
 
 
-def read_class_stack(path: str | os.PathLike, pixel_size: float | None = None) -> ClassSet:
-    """A bare stack of class averages (.mrcs, or a .mrc stack): images only, no statistics and no
-    membership; classes are numbered 1..K in stack order. The pixel size comes from the header
-    unless given."""
-    import numpy as np
-    import pandas as pd
+def read_selection(path: str | os.PathLike, cs: ClassSet) -> np.ndarray:
+    """A user's class selection, read from RELION's backup_selection.star or a cryoSPARC selected
+    (or excluded) templates .cs: 1 per class of ``cs`` it names, else 0 (ClassSet order).
+    InputError naming the file on any mismatch with ``cs``."""
+    kind = kind_of(path)
+    if kind == "star":
+        from cryolens.relion_ext.star import read_blocks
 
-    from cryolens.core.mrc import open_stack, stack_info
+        blocks = read_blocks(path)
+        table = next((b for b in blocks.values() if hasattr(b, "columns") and "rlnSelected" in b.columns), None)
+        if table is None:
+            raise InputError("no rlnSelected column (expected RELION's backup_selection.star)", path)
+        sel = np.asarray(table["rlnSelected"], dtype=np.int64)
+        if len(sel) != len(cs):
+            raise InputError(f"{len(sel)} rows in the selection but {len(cs)} classes in {cs.source}", path)
+        return (sel >= 1).astype(np.int64)
+    if kind == "cs":
+        from cryolens.cryosparc_ext.csfile import read_classes
 
-    info = stack_info(path)
-    if info.ny != info.nx:
-        raise InputError(f"class averages must be square, this stack is {info.nx} x {info.ny}", path)
-    images = np.array(open_stack(path, as_stack=True), dtype=np.float32)
-    if not np.isfinite(images).all():
-        raise InputError("the stack holds NaN or infinite pixels", path)
-    px = pixel_size if pixel_size else info.pixel_size
-    if px is not None and not px > 0:
-        px = None
-    table = pd.DataFrame({"class_id": np.arange(1, len(images) + 1, dtype=np.int64), "image_stack": str(path),
-                          "image_index": np.arange(len(images), dtype=np.int64)})
-    return ClassSet(table, images, px, None, source=str(path), meta={"bare_stack": True})
+        chosen = read_classes(path, load_images=False).class_ids
+        unknown = sorted(set(chosen.tolist()) - set(cs.class_ids.tolist()))
+        if unknown:
+            raise InputError(f"class(es) {unknown} are not in {cs.source}", path)
+        return np.isin(cs.class_ids, chosen).astype(np.int64)
+    raise InputError("a selection is RELION's backup_selection.star or a cryoSPARC templates .cs", path)

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from cryolens.core.errors import CryolensError, JobAborted
-from cryolens.core.jobs import JobContext, JobSpec, get_job, load_all, run_job
-from cryolens.core.jobs.base import add_param_arguments, describe_params, given_params
+from cryolens.core.errors import CryolensError, ExitCode, JobAborted, exit_code
+from cryolens.core.jobs import JobContext, JobSpec, get_job, load_all, prepare_params, run_job
+from cryolens.core.jobs.flags import add_param_arguments, describe_job, given_params
 
 from . import csfile
 from .client import JobFailed, connect, describe_error
@@ -103,12 +103,9 @@ def default_title(spec: JobSpec, params: dict[str, Any]) -> str:
 
 
 def list_jobs() -> int:
-    for name, spec in sorted(load_all().items()):
-        print(f"{name}: {spec.summary}")
-        for i in spec.inputs:
-            print(f"    {FLAGS.get(i.kind, '--' + i.name)} ({INPUTS[i.kind][0]}): {i.help}")
-        print("\n".join(describe_params(spec)))
-    return 0
+    for _, spec in sorted(load_all().items()):
+        print("\n".join(describe_job(spec, lambda i: f"{FLAGS.get(i.kind, '--' + i.name)} ({INPUTS[i.kind][0]})")))
+    return ExitCode.SUCCESS
 
 
 # -- progress, abort ----------------------------------------------------------------------------------
@@ -294,9 +291,9 @@ def run_online(spec: JobSpec, args, params: dict[str, Any], device, title: str, 
                 _run_body(spec, job, session, args, refs, params, device, work)
         except JobFailed as err:
             print(f"cryolens {spec.name}: job {args.project}-{job.uid} failed: {err}", file=sys.stderr, flush=True)
-            return 1
+            return ExitCode.FAILED
     print(f"cryolens {spec.name}: job {args.project}-{job.uid} completed", flush=True)
-    return 0
+    return ExitCode.SUCCESS
 
 
 def _run_body(spec, job, session, args, refs, params, device, work: Path) -> None:
@@ -305,6 +302,7 @@ def _run_body(spec, job, session, args, refs, params, device, work: Path) -> Non
         if not root.is_dir():
             job.log(f"the project directory {root} is not visible on this machine: jobs that read particle "
                     "images need it (pass --project-dir)", level="warning")
+        params = prepare_params(spec, params, device)  # the library or model checked before any input
         inputs, files = load_inputs(spec, job, session, args.project, refs, root, work)
         ctx = JobContext(out_dir=work / "job", device=device, seed=args.seed, threads=args.threads,
                          progress=JobProgress(job, spec.name), should_stop=stop_check(job),
@@ -330,22 +328,23 @@ def _run_body(spec, job, session, args, refs, params, device, work: Path) -> Non
 
 # -- entry point ------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    """``cryolens-cryosparc <job> ...``; 0 success, 1 job failed, 2 usage/connection error."""
+    """``cryolens-cryosparc <job> ...``; exit status from the ExitCode table: 0 success, 1 the job
+    failed (online: CryoSPARC marked it failed), 2 bad input, usage or connection, 3 aborted."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("--list", "-l"):
         if not argv:
             print("usage: cryolens-cryosparc <job> --project P --workspace W --particles J12.particles ... "
                   "| <job> --offline ... | --list", file=sys.stderr)
         list_jobs()
-        return 0 if argv else 2
+        return ExitCode.SUCCESS if argv else ExitCode.BAD_INPUT
     if argv[0] in ("-h", "--help"):
         print(__doc__)
-        return 0
+        return ExitCode.SUCCESS
     try:
         spec = get_job(argv[0])
     except CryolensError as err:
         print(f"cryolens-cryosparc: error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err)
     args = build_parser(spec).parse_args(argv[1:])
     params = given_params(args)
     title = args.title or default_title(spec, params)
@@ -369,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"cryolens-cryosparc {spec.name}: error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err)
 
 
 if __name__ == "__main__":

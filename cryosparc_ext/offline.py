@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from cryolens.core.atomic import atomic_path, atomic_write_text
-from cryolens.core.errors import CryolensError, JobAborted
-from cryolens.core.jobs import JobContext, JobResult, JobSpec, run_job
+from cryolens.core.errors import CryolensError, ExitCode, exit_code
+from cryolens.core.jobs import JobContext, JobResult, JobSpec, prepare_params, run_job
 from cryolens.core.particles import FIELDS, ClassSet, ParticleSet
 
 from . import csfile
@@ -172,8 +172,7 @@ def write_results(result: JobResult, inputs: dict[str, Any], out_dir: Path, scor
         if primary is not None and class_score is None:
             class_score = cs.table.set_index("class_id")[primary].rename(primary)
         keep = cs.table.drop(columns=cols)
-        path = csfile.write_classes(ClassSet(keep, cs.images, cs.pixel_size, cs.particles, cs.source, cs.meta),
-                                    out_dir / f"{oname}.cs")
+        path = csfile.write_classes(replace(cs, table=keep), out_dir / f"{oname}.cs")
         res.files.append(path)
         res.outputs.append(Written(oname, "template", path, len(cs), cs))
     for name, ps in result.particles.items():
@@ -268,20 +267,12 @@ def load_inputs(spec: JobSpec, args) -> dict[str, Any]:
     return inputs
 
 
-def run_offline(spec: JobSpec, args, params: dict[str, Any], device, title: str, command: str) -> int:
-    """Run ``spec`` on files, write results + .csg into ``args.out``; 0 ok, 1 failed, 2 aborted."""
-    from cryolens.core.progress import Progress
-
-    out = Path(args.out)
-    res: Results | None = None
-    t0 = time.monotonic()
+def write_offline(result: JobResult, inputs: dict[str, Any], out: Path, score_slot: str, title: str,
+                  command: str) -> Results:
+    """What an offline run leaves in ``out`` for Import Result Group: ``write_results``, a .csg
+    per output, links to the image stacks the outputs name, and the figures as PDF."""
+    res = write_results(result, inputs, out, score_slot)
     try:
-        inputs = load_inputs(spec, args)
-        with Progress(spec.name) as prog:
-            ctx = JobContext(out_dir=out, device=device, seed=args.seed, threads=args.threads, progress=prog,
-                             log=lambda s: print(s, flush=True))
-            result = run_job(spec, inputs, params, ctx)
-        res = write_results(result, inputs, out, args.score_slot)
         missing: set[str] = set()
         for w in res.outputs:
             res.files.append(write_csg(w.path, w.name, w.kind, f"{title}: {w.name}", command))
@@ -292,12 +283,33 @@ def run_offline(spec: JobSpec, args, params: dict[str, Any], device, title: str,
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, format="pdf")
             res.files.append(path)
-    except (Exception, KeyboardInterrupt) as err:
-        for path in (res.files if res else []):
+    except BaseException:
+        for path in res.files:
             path.unlink(missing_ok=True)
-        if isinstance(err, (JobAborted, KeyboardInterrupt)):
+        raise
+    return res
+
+
+def run_offline(spec: JobSpec, args, params: dict[str, Any], device, title: str, command: str) -> int:
+    """Run ``spec`` on files, write results + .csg into ``args.out``; the exit status of the
+    ExitCode table (0 ok, 1 failed, 2 bad input, 3 aborted, 130 interrupted)."""
+    from cryolens.core.progress import Progress
+
+    out = Path(args.out)
+    t0 = time.monotonic()
+    try:
+        params = prepare_params(spec, params, device)  # the library or model checked before any input
+        inputs = load_inputs(spec, args)
+        with Progress(spec.name) as prog:
+            ctx = JobContext(out_dir=out, device=device, seed=args.seed, threads=args.threads, progress=prog,
+                             log=lambda s: print(s, flush=True))
+            result = run_job(spec, inputs, params, ctx)
+        res = write_offline(result, inputs, out, args.score_slot, title, command)
+    except (Exception, KeyboardInterrupt) as err:
+        code = exit_code(err)
+        if code in (ExitCode.ABORTED, ExitCode.INTERRUPTED):
             print(f"cryolens-cryosparc {spec.name}: aborted", file=sys.stderr)
-            return 2
+            return code
         if args.debug:
             import traceback
 
@@ -305,11 +317,11 @@ def run_offline(spec: JobSpec, args, params: dict[str, Any], device, title: str,
         msg = str(err) if isinstance(err, CryolensError) else \
             f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)"
         print(f"cryolens-cryosparc {spec.name}: ERROR: {msg}", file=sys.stderr)
-        return 1
+        return code
     for line in result.summary + res.summary:
         print(line)
     for w in res.outputs:
         print(f"wrote {w.path} and {w.path.with_suffix('.csg')} ({w.count} {w.kind}s)")
     print(f"cryolens {spec.name}: done in {time.monotonic() - t0:.1f} s; import the .csg files with "
           "CryoSPARC's Import Result Group job")
-    return 0
+    return ExitCode.SUCCESS

@@ -33,6 +33,12 @@ class Class2DFiles:
     iteration: int
 
 
+def is_class2d(path: str | os.PathLike) -> bool:
+    """A Class2D iteration's STAR file (by its name), or a job directory holding one."""
+    p = Path(path)
+    return bool(_ITER.match(p.name)) or (p.is_dir() and any(p.glob("*_it[0-9][0-9][0-9]_model.star")))
+
+
 def find_class2d_files(path: str | os.PathLike) -> Class2DFiles:
     """From any of data/model/optimiser star (or the job directory), find the siblings."""
     path = Path(path)

@@ -21,9 +21,9 @@ from typing import Any
 
 import pandas as pd
 
-from cryolens.core.errors import CryolensError, JobAborted
-from cryolens.core.jobs import JobContext, JobResult, JobSpec, get_job, load_all, run_job
-from cryolens.core.jobs.base import add_param_arguments, given_params
+from cryolens.core.errors import CryolensError, ExitCode, InputError, JobAborted, exit_code
+from cryolens.core.jobs import JobContext, JobResult, JobSpec, get_job, load_all, prepare_params, run_job
+from cryolens.core.jobs.flags import add_param_arguments, given_params
 
 from .star import header_version, read_blocks, write_blocks, write_particles
 
@@ -94,7 +94,7 @@ def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--debug", nargs="?", const="yes", default=None)
-    add_param_arguments(p, spec)
+    add_param_arguments(p, spec, bare_flags=True)
     return p
 
 
@@ -115,29 +115,32 @@ def parse(spec: JobSpec, argv: list[str]) -> Invocation:
 
 # -- inputs and outputs ---------------------------------------------------------------------
 def load_inputs(spec: JobSpec, args: argparse.Namespace) -> dict[str, Any]:
-    from cryolens.formats import is_class2d, kind_of, read_classes
+    """--in_parts as the job wants it: a Class2D iteration (or job directory) as classes, or its
+    _data.star as particles; a particle STAR; a bare stack of class averages (.mrcs)."""
+    from cryolens.core.mrc import MRC_SUFFIXES, read_class_stack
+
+    from .class2d import find_class2d_files, is_class2d, read_class2d
+    from .star import read_particles
 
     wanted = {i.name for i in spec.inputs}
     inputs: dict[str, Any] = {}
-    if args.in_parts:
-        if kind_of(args.in_parts) == "mrc" and "classes" in wanted:
-            inputs["classes"] = read_classes(args.in_parts)  # a bare stack of class averages
-        elif is_class2d(args.in_parts) and "classes" in wanted:
-            from .class2d import read_class2d
-
-            inputs["classes"] = read_class2d(args.in_parts)
-        elif "particles" in wanted or "classes" in wanted:
-            from .star import read_particles
-
-            if is_class2d(args.in_parts):
-                from .class2d import find_class2d_files
-
-                files = find_class2d_files(args.in_parts)
-                if files.data is None:
-                    raise CryolensError("the Class2D iteration has no _data.star", args.in_parts)
-                inputs["particles"] = read_particles(files.data)
+    if args.in_parts and wanted & {"particles", "classes"}:
+        path = Path(args.in_parts)
+        if path.suffix.lower() in MRC_SUFFIXES and "classes" in wanted:
+            inputs["classes"] = read_class_stack(path)
+        elif is_class2d(path):
+            if "classes" in wanted:
+                inputs["classes"] = read_class2d(path)
             else:
-                inputs["particles"] = read_particles(args.in_parts)
+                files = find_class2d_files(path)
+                if files.data is None:
+                    raise CryolensError("the Class2D iteration has no _data.star", path)
+                inputs["particles"] = read_particles(files.data)
+        elif path.suffix.lower() == ".star" or not path.suffix:
+            inputs["particles"] = read_particles(path)
+        else:
+            raise InputError("expected a particle .star, a Class2D iteration or job directory, or an .mrcs "
+                             "stack of class averages", path)
     if args.in_3dref and "volume" in wanted:
         from cryolens.core.mrc import read_map
 
@@ -152,8 +155,9 @@ def load_inputs(spec: JobSpec, args: argparse.Namespace) -> dict[str, Any]:
     return inputs
 
 
-def write_outputs(result: JobResult, spec: JobSpec, job_dir: Path, written: list[Path]) -> list[tuple[str, str]]:
-    """Write every result file atomically; return the nodes to declare (path, kind)."""
+def write_outputs(result: JobResult, job_dir: Path, written: list[Path], tables: str = "star") -> list[tuple[str, str]]:
+    """Write every result file atomically, appending each to ``written`` as it lands; return the
+    nodes to declare (path, kind). ``tables``: "star" (RELION), or "csv" (``cryolens run``)."""
     from .class2d import write_backup_selection, write_class_averages
 
     nodes: list[tuple[str, str]] = []
@@ -163,7 +167,7 @@ def write_outputs(result: JobResult, spec: JobSpec, job_dir: Path, written: list
         written.append(path)
         nodes.append((str(path), "particles"))
     for name, cs in result.classes.items():
-        path = job_dir / ("class_averages.star" if name == "class_averages" else f"{name}.star")
+        path = job_dir / f"{name}.star"
         write_class_averages(cs, path)
         written.append(path)
         nodes.append((str(path), "classes"))
@@ -172,8 +176,14 @@ def write_outputs(result: JobResult, spec: JobSpec, job_dir: Path, written: list
         write_backup_selection(sel, path)
         written.append(path)
     for name, table in result.tables.items():
-        path = job_dir / f"{name}.star"
-        write_blocks(path, {name: table})
+        path = job_dir / f"{name}.{tables}"
+        if tables == "csv":
+            from cryolens.core.atomic import atomic_path
+
+            with atomic_path(path) as tmp:
+                table.to_csv(tmp, index=False)
+        else:
+            write_blocks(path, {name: table})
         written.append(path)
     for name, fig in result.figures.items():
         from cryolens.core.figures import save_figure
@@ -191,7 +201,8 @@ def _touch(path: Path) -> None:
 
 # -- the protocol ---------------------------------------------------------------------------
 def run_external(job_name: str, argv: list[str]) -> int:
-    """Run one External job invocation; returns 0 success, 1 failure, 2 aborted (RELION's codes)."""
+    """Run one External job invocation. The exit files tell RELION how it ended; the process exits
+    with the ExitCode table (0 success, 1 failed, 2 bad input, 3 aborted)."""
     spec = get_job(job_name)
     try:
         inv = parse(spec, argv)
@@ -220,27 +231,28 @@ def run_external(job_name: str, argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(max(1, inv.args.j))
+        params = prepare_params(spec, inv.params, device)  # the library or model checked before any input
         inputs = load_inputs(spec, inv.args)
         with Progress(spec.name, stream=sys.stdout, force_plain=True) as prog:
             ctx = JobContext(out_dir=job_dir, device=device, seed=inv.args.seed, threads=inv.args.j,
                              progress=prog, should_stop=lambda: (job_dir / ABORT_NOW).exists(),
                              log=lambda s: print(s, flush=True))
             ctx.check_abort()
-            result = run_job(spec, inputs, inv.params, ctx)
+            result = run_job(spec, inputs, params, ctx)
             ctx.check_abort()
-        nodes = write_outputs(result, spec, job_dir, written)
+        nodes = write_outputs(result, job_dir, written)
         for line in result.summary:
             print(line, flush=True)
         write_output_nodes(job_dir, nodes, version)
         print(f"cryolens {spec.name}: done in {time.monotonic() - t0:.1f} s", flush=True)
         _touch(job_dir / EXIT_SUCCESS)
-        return 0
-    except JobAborted:
+        return ExitCode.SUCCESS
+    except JobAborted as err:
         _cleanup(written, job_dir)
         (job_dir / ABORT_NOW).unlink(missing_ok=True)
         print(f"cryolens {spec.name}: aborted by the user", flush=True)
         _touch(job_dir / EXIT_ABORTED)
-        return 2
+        return exit_code(err)
     except Exception as err:  # every failure: one readable line on stderr (run.err), no outputs
         _cleanup(written, job_dir)
         if isinstance(err, CryolensError):
@@ -253,7 +265,7 @@ def run_external(job_name: str, argv: list[str]) -> int:
             traceback.print_exc()
         print(f"cryolens {spec.name}: ERROR: {msg}", file=sys.stderr, flush=True)
         _touch(job_dir / EXIT_FAILURE)
-        return 1
+        return exit_code(err)
 
 
 def _cleanup(written: list[Path], job_dir: Path) -> None:
@@ -283,14 +295,14 @@ def main(argv: list[str] | None = None) -> int:
             load_all()
             print("usage: cryolens-relion-<job> --o External/jobNNN/ ... (or cryolens-relion --job NAME ...)\n"
                   f"jobs: {', '.join(sorted(load_all()))}", file=sys.stderr)
-            return 2
+            return ExitCode.BAD_INPUT
     try:
         return run_external(job, argv)
     except CryolensError as err:  # unknown job name: still tell the pipeliner, or it waits forever
         print(f"cryolens: error: {err}", file=sys.stderr)
         if "--o" in argv and argv.index("--o") + 1 < len(argv):
             _touch(Path(argv[argv.index("--o") + 1]) / EXIT_FAILURE)
-        return 1
+        return exit_code(err)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
 
 from cryolens.cli import main
@@ -133,3 +134,44 @@ def test_run_select_from_the_shell(example, tmp_path):
               "--column", "rlnDefocusU", "--min_quantile", "0.5")
     assert res.returncode == 0, res.stderr
     assert len(read_particles(tmp_path / "sel" / "particles.star", root=example)) == 20
+
+
+@pytest.mark.relion
+def test_run_writes_backup_selection_through_the_relion_writer(project, tmp_path):
+    """`cryolens run select --classes` and `cryolens run rank` on a real Class2D run write RELION's
+    backup_selection.star, as their RELION External jobs do."""
+    from cryolens.relion_ext.star import read_blocks
+
+    proj, data = project
+    sel = tmp_path / "sel"
+    assert main(["run", "select", "--classes-in", str(proj / data), "--classes", "1-2", "--out", str(sel)]) == 0
+    assert read_blocks(sel / "backup_selection.star")[""]["rlnSelected"].tolist() == [1, 1, 0, 0]
+    assert (sel / "class_averages.star").exists() and (sel / "selection.csv").exists()
+    rank = tmp_path / "rank"
+    optimiser = str(proj / data).replace("_data.star", "_optimiser.star")
+    assert main(["run", "rank", "--classes-in", optimiser, "--select", "fraction", "--fraction", "0.5",
+                 "--out", str(rank)]) == 0
+    chosen = read_blocks(rank / "backup_selection.star")[""]["rlnSelected"].tolist()
+    scores = pd.read_csv(rank / "rank_scores.csv")
+    assert chosen == scores["selected"].tolist() and sum(chosen) == 2
+
+
+def test_help_for_run_and_for_a_job(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--help"])
+    assert exc.value.code == 0 and "identify" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "identify", "--help"])
+    text = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert "--top-k N" in text and "--top_k" not in text and "PARAM__" not in text
+    assert "{embedding,correlation,combined}" in text and "--gallery [yes|no]" in text
+    assert "(required)" in text and "(default: from the file)" in text and "(default '')" not in text
+
+
+def test_both_spellings_of_a_parameter(example, tmp_path):
+    for flag in ("--min_quantile", "--min-quantile"):
+        out = tmp_path / flag.strip("-")
+        assert main(["run", "select", "--particles", str(example / "particles.star"), "--out", str(out),
+                     "--column", "rlnDefocusU", flag, "0.5"]) == 0
+        assert len(read_particles(out / "particles.star", root=example)) == 20

@@ -137,10 +137,11 @@ def test_offline_joins_a_jobs_passthrough_file(tmp_path):
 
 def test_offline_failure_leaves_no_output(tmp_path, capsys):
     out = tmp_path / "out"
-    assert offline("select", "--particles", str(shared_path(*J2)), "--out", str(out), "--classes", "1,x") == 1
+    # 2 = bad input in the ExitCode table (core/errors.py)
+    assert offline("select", "--particles", str(shared_path(*J2)), "--out", str(out), "--classes", "1,x") == 2
     assert "parameter --classes: cannot read 'x'" in capsys.readouterr().err
     assert not list(out.glob("*.cs")) and not list(out.glob("*.csg"))
-    assert offline("select", "--particles", str(tmp_path / "missing.cs"), "--out", str(out), "--classes", "1") == 1
+    assert offline("select", "--particles", str(tmp_path / "missing.cs"), "--out", str(out), "--classes", "1") == 2
     assert "missing.cs: file not found" in capsys.readouterr().err
 
 

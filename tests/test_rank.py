@@ -241,7 +241,7 @@ def test_retraining_round_trip_moves_scores_toward_the_users_labels(tmp_path, he
 
 
 def test_selection_files_are_checked_against_the_classes(tmp_path, held_out):
-    from cryolens.rank_cmd import read_selection
+    from cryolens.formats import read_selection
     from cryolens.relion_ext.class2d import write_backup_selection
 
     cs = held_out[0].classes

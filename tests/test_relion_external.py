@@ -173,7 +173,7 @@ def test_a_failed_run_removes_stale_success_and_declares_nothing(tmp_path, monke
     (job / "RELION_JOB_EXIT_SUCCESS").touch()
     (job / "RELION_OUTPUT_NODES.star").write_text("stale")
     rc = main(["--job", "select", "--o", "External/job004/", "--in_parts", "missing.star", "--classes", "1"])
-    assert rc == 1
+    assert rc == 2  # bad input (ExitCode table); RELION itself reads RELION_JOB_EXIT_FAILURE
     assert sorted(p.name for p in job.iterdir()) == ["RELION_JOB_EXIT_FAILURE"]
 
 

@@ -1,10 +1,13 @@
-"""The job registry. Each module here registers one job (``select``, later ``rank``, ``identify``,
-``pose``, ``filter``, ``cluster``); adapters list and run them through ``get_job``/``run_job``."""
+"""The job registry. Each module here registers one job (``select``, ``identify``, ``rank``; later
+``pose``, ``filter``, ``cluster``); adapters list and run them through ``get_job``/``run_job``.
+``base`` says what a job is, ``files`` loads the files a job takes as parameters, ``flags`` puts
+the parameters on a command line."""
 from __future__ import annotations
 
 import importlib
 
-from .base import REGISTRY, Input, JobContext, JobResult, JobSpec, Output, Param, get_job, register, run_job
+from .base import (REGISTRY, Input, JobContext, JobParams, JobResult, JobSpec, Output, Param, get_job,
+                   prepare_params, register, run_job)
 
 JOB_MODULES = ("select", "identify", "rank")
 
@@ -15,5 +18,5 @@ def load_all() -> dict[str, JobSpec]:
     return REGISTRY
 
 
-__all__ = ["REGISTRY", "Input", "JobContext", "JobResult", "JobSpec", "Output", "Param", "get_job", "load_all",
-           "register", "run_job"]
+__all__ = ["REGISTRY", "Input", "JobContext", "JobParams", "JobResult", "JobSpec", "Output", "Param", "get_job",
+           "load_all", "prepare_params", "register", "run_job"]

@@ -7,7 +7,7 @@ objects (ParticleSet, ClassSet, arrays) and a JobContext; it returns a JobResult
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +16,7 @@ import torch
 
 from ..errors import CryolensError, JobAborted
 from ..particles import ClassSet, ParticleSet
+from .files import FILE_KINDS, load_file
 
 INPUT_KINDS = ("particles", "classes", "volume", "mask")
 OUTPUT_KINDS = ("particles", "classes", "table", "figure", "volume")
@@ -23,15 +24,25 @@ OUTPUT_KINDS = ("particles", "classes", "table", "figure", "volume")
 
 @dataclass(frozen=True)
 class Param:
-    """A typed job parameter (what RELION shows as a param label/value, cryoSPARC as a flag)."""
+    """A typed job parameter (what RELION shows as a param label/value, cryoSPARC as a flag).
+
+    ``type`` is int, float, str, bool or Path. A Path parameter names a file the job needs
+    (``file_kind``, one of ``files.FILE_KINDS``): every adapter loads and checks it before the job
+    starts, and the job receives the loaded object. ``unset`` says, for help texts, what an unset
+    value (None or "") means; ``metavar`` overrides the placeholder derived from the type.
+    """
 
     name: str
-    type: type  # int, float, str or bool
+    type: type
     default: Any
     help: str
     choices: tuple | None = None
     min: float | None = None
     max: float | None = None
+    file_kind: str | None = None
+    required: bool = False
+    unset: str | None = None
+    metavar: str | None = None
 
     def parse(self, raw: Any) -> Any:
         """Convert a command-line value (or a bare flag: None) and check it; CryolensError if bad."""
@@ -46,6 +57,8 @@ class Param:
             raise CryolensError(f"parameter --{self.name}: expected yes/no, got {raw!r}")
         if raw is None or (isinstance(raw, str) and raw.strip() == ""):
             return self.default
+        if self.type is Path:
+            return Path(str(raw).strip())
         try:
             value = self.type(raw)
         except (TypeError, ValueError):
@@ -57,6 +70,29 @@ class Param:
         if self.min is not None and value < self.min or self.max is not None and value > self.max:
             raise CryolensError(f"parameter --{self.name}: {value} is outside [{self.min}, {self.max}]")
         return value
+
+    @property
+    def flag(self) -> str:
+        """The spelling help texts show (``--top-k``); ``--top_k``, RELION's, is accepted too."""
+        return "--" + self.name.replace("_", "-")
+
+    def placeholder(self) -> str:
+        """What stands for the value in help texts: PATH, N, X, {a,b,c}, yes|no."""
+        if self.metavar:
+            return self.metavar
+        if self.choices:
+            return "{" + ",".join(map(str, self.choices)) + "}"
+        return {bool: "yes|no", int: "N", float: "X", Path: "PATH"}.get(self.type, "TEXT")
+
+    def default_text(self) -> str:
+        """'required', 'default: 5', 'default: yes', or what an unset value means."""
+        if self.required:
+            return "required"
+        if self.type is bool:
+            return f"default: {'yes' if self.default else 'no'}"
+        if self.default is None or self.default == "":
+            return f"default: {self.unset or 'none'}"
+        return f"default: {self.default}"
 
 
 @dataclass(frozen=True)
@@ -134,7 +170,11 @@ class JobSpec:
         if unknown:
             raise CryolensError(f"job {self.name}: unknown parameter(s) {', '.join('--' + u for u in unknown)} "
                                 f"(known: {', '.join('--' + k for k in sorted(known))})")
-        return {p.name: p.parse(raw[p.name]) if p.name in raw else p.default for p in self.params}
+        values = {p.name: p.parse(raw[p.name]) if p.name in raw else p.default for p in self.params}
+        for p in self.params:
+            if p.required and values[p.name] in (None, ""):
+                raise CryolensError(f"job {self.name} needs {p.flag} ({p.help})")
+        return values
 
     def check_inputs(self, inputs: dict[str, Any]) -> None:
         for inp in self.inputs:
@@ -152,6 +192,9 @@ def register(spec: JobSpec) -> JobSpec:
         assert o.kind in OUTPUT_KINDS, o
     for i in spec.inputs:
         assert i.kind in INPUT_KINDS, i
+    for p in spec.params:
+        assert (p.type is Path) == (p.file_kind is not None), p
+        assert p.file_kind is None or p.file_kind in FILE_KINDS, p
     REGISTRY[spec.name] = spec
     return spec
 
@@ -165,35 +208,39 @@ def get_job(name: str) -> JobSpec:
     return REGISTRY[name]
 
 
-def run_job(spec: JobSpec, inputs: dict[str, Any], raw_params: dict[str, Any], ctx: JobContext) -> JobResult:
-    """Validate and run a job: the one entry point all adapters use."""
-    params = spec.parse_params(raw_params)
+class JobParams(dict):
+    """Parameter values ready for ``JobSpec.run``: parsed, checked, and every file loaded."""
+
+
+def prepare_params(spec: JobSpec, raw: dict[str, Any], device: torch.device | str = "cpu") -> JobParams:
+    """Parse and check the raw flag values, then load each file parameter (the library, a model).
+    Adapters call this before reading any input, so a bad value or a missing, unreadable or
+    wrong file fails at once, naming the file."""
+    params = spec.parse_params(raw)
+    for p in spec.params:
+        if p.file_kind is not None:
+            params[p.name] = load_file(p, params[p.name], device)
+    return JobParams(params)
+
+
+def run_job(spec: JobSpec, inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
+    """Validate and run a job: the one entry point all adapters use. ``params`` are raw flag
+    values, or the JobParams an adapter prepared before reading its inputs."""
+    if not isinstance(params, JobParams):
+        params = prepare_params(spec, params, ctx.device)
     spec.check_inputs(inputs)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     return spec.run(inputs, params, ctx)
 
 
-# -- command-line flags for job parameters (shared by the shell, RELION and cryoSPARC entries) -------
-_DEST = "param__"
+# the options every job that works on class-average images shares (identify, rank)
+CLASS_AVERAGE_PARAMS = (
+    Param("pixel_size", float, None, "pixel size of the class averages in A; given, it overrides the file's "
+          "(for a bare stack whose header has none)", min=0.01, unset="from the file"),
+    Param("gallery", bool, True, "draw the classes with the job's answer (a PDF; in RELION a LogFile node)"),
+)
 
 
-def add_param_arguments(parser, spec: JobSpec) -> None:
-    """``--<param> [value]`` for every parameter. RELION passes an empty value as a bare flag, so
-    the value is optional; a flag that is not given stays out of the namespace (default applies)."""
-    import argparse
-
-    taken = {a.dest for a in parser._actions}
-    for prm in spec.params:
-        if prm.name in taken:
-            raise AssertionError(f"job {spec.name}: parameter --{prm.name} clashes with an adapter option")
-        parser.add_argument(f"--{prm.name}", dest=_DEST + prm.name, nargs="?", const=None,
-                            default=argparse.SUPPRESS, help=f"{prm.help} (default {prm.default!r})")
-
-
-def given_params(namespace) -> dict[str, Any]:
-    """The raw values of the parameter flags that were given (for ``JobSpec.parse_params``)."""
-    return {k[len(_DEST):]: v for k, v in vars(namespace).items() if k.startswith(_DEST)}
-
-
-def describe_params(spec: JobSpec) -> list[str]:
-    return [f"    --{p.name} ({p.type.__name__}, default {p.default!r}): {p.help}" for p in spec.params]
+def with_pixel_size(classes: ClassSet, params: dict[str, Any]) -> ClassSet:
+    """The classes with ``--pixel-size`` applied (the same ClassSet when it is not given)."""
+    return replace(classes, pixel_size=params["pixel_size"]) if params["pixel_size"] else classes

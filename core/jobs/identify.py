@@ -8,11 +8,12 @@ beside its best-matching reference projection. See ``core.identify`` for the thr
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from ..errors import CryolensError
 from ..particles import ClassSet
-from .base import Input, JobContext, JobResult, JobSpec, Output, Param, register
+from .base import CLASS_AVERAGE_PARAMS, Input, JobContext, JobResult, JobSpec, Output, Param, register, with_pixel_size
 
 
 def _tag(name: str) -> str:
@@ -20,30 +21,22 @@ def _tag(name: str) -> str:
 
 
 def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
-    from ..identify import IdentityModel, Library, identify
+    from ..identify import identify
     from ..identify.figures import gallery_figure
 
-    classes: ClassSet = inputs["classes"]
-    if not params["library"]:
-        raise CryolensError("identify needs --library (build one with: cryolens library build LIB.npz --maps ...)")
+    classes: ClassSet = with_pixel_size(inputs["classes"], params)
     if classes.images is None or not len(classes.images):
         raise CryolensError(f"no class averages in {classes.source or 'the input'}")
-    library = Library.load(params["library"])
-    if not len(library):
-        raise CryolensError(f"the library {params['library']} has no entries")
-    model = IdentityModel.load(params["model"] or None, device=ctx.device)
-    px = params["pixel_size"] or classes.pixel_size
+    library, model, px = params["library"], params["model"], classes.pixel_size
     ctx.log(f"identify: {len(classes)} classes against {len(library)} library entries "
             f"({library.n_views} views each), mode {params['mode']}")
     found = identify(classes.images, px, library, model, params["mode"], params["top_k"],
                      params["shortlist"], params["min_confidence"], log=ctx.log, should_stop=ctx.should_stop)
     table = found.table
     table.insert(0, "class_id", classes.class_ids)
-    try:
-        counts = classes.counts().to_numpy()
-    except CryolensError:
-        counts = None
+    counts = classes.known_counts()
     if counts is not None:
+        counts = counts.to_numpy()
         table.insert(1, "n_particles", counts)
     res = JobResult()
     res.tables["identities"] = table
@@ -70,8 +63,10 @@ SPEC = register(JobSpec(
             "confidence, 'unknown' for classes that match nothing",
     inputs=(Input("classes", "classes", "2D class averages (Class2D, cryoSPARC classes or a bare .mrcs)"),),
     params=(
-        Param("library", str, "", "map library (.npz) from: cryolens library build"),
-        Param("model", str, "", "identity model (.pt); empty: the model shipped with cryolens"),
+        Param("library", Path, None, "map library (.npz) from: cryolens library build", file_kind="library",
+              required=True),
+        Param("model", Path, None, "identity model (.pt) from: cryolens train identify", file_kind="identity_model",
+              unset="the model shipped with cryolens"),
         Param("mode", str, "combined", "embedding (fastest), correlation (NCC baseline) or combined "
                                        "(embedding shortlist, NCC re-ranking)",
               choices=("embedding", "correlation", "combined")),
@@ -79,8 +74,7 @@ SPEC = register(JobSpec(
         Param("shortlist", int, 10, "combined mode: at least this many entries go from the embedding to NCC "
                                     "(more when the model's calibrated bar lets more through)", min=1, max=100000),
         Param("min_confidence", float, 0.5, "below this calibrated confidence a class is 'unknown'", min=0, max=1),
-        Param("pixel_size", float, None, "pixel size of the class averages in A (when their file has none)", min=0.01),
-        Param("gallery", bool, True, "draw each class beside its best reference projection"),
+        *CLASS_AVERAGE_PARAMS,
     ),
     outputs=(Output("identities", "table", "per class: identity, confidence, top-k matches and scores"),
              Output("particles", "particles", "one particle set per identity (particles_<name>, particles_unknown)"),

@@ -9,6 +9,8 @@ or derived from this data set's scores (``auto``, see ``core.rank.threshold``).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,55 +18,52 @@ import pandas as pd
 
 from ..errors import CryolensError
 from ..particles import ClassSet
-from .base import Input, JobContext, JobResult, JobSpec, Output, Param, register
+from .base import CLASS_AVERAGE_PARAMS, Input, JobContext, JobResult, JobSpec, Output, Param, register, with_pixel_size
 
 SCORE = "rlnClassScore"
 PREDICTED = "rlnPredictedClassScore"
 
 
+def _cut(prob: np.ndarray, counts: np.ndarray, params: dict[str, Any]) -> tuple[float, str]:
+    """The score a class needs to be kept, and why, by ``--select``."""
+    from ..rank.threshold import auto_threshold
+
+    if params["select"] == "threshold":
+        return float(params["threshold"]), f"threshold {float(params['threshold']):.2f} (given)"
+    if params["select"] == "fraction":
+        n_keep = max(1, int(round(params["fraction"] * len(prob))))
+        cut = float(np.sort(prob)[::-1][n_keep - 1])
+        return cut, f"top {100 * params['fraction']:.0f}% of the classes ({n_keep}): score >= {cut:.3f}"
+    cut, reason = auto_threshold(prob, None if np.isnan(counts).all() else counts, params["recall"],
+                                 params["min_probability"])
+    return cut, f"auto cut {cut:.2f}: {reason}"
+
+
 def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
     from ..rank.features import class_counts
     from ..rank.figures import gallery_figure
-    from ..rank.model import RankModel
-    from ..rank.threshold import auto_threshold
 
-    cs: ClassSet = inputs["classes"]
+    cs: ClassSet = with_pixel_size(inputs["classes"], params)
     if len(cs) == 0:
         raise CryolensError("no classes to rank", cs.source)
     if cs.images is None:
         raise CryolensError("ranking needs the class average images: the class stack was not found "
                             "(give --project-dir, or the stack next to the .cs)", cs.source)
-    model = RankModel.load(params["model"] or None)
+    model = params["model"]
     ctx.report(0, 1)
     ctx.check_abort()
     t0 = time.perf_counter()
     sc = model.score(cs, device=ctx.device)
     seconds = time.perf_counter() - t0
     ctx.check_abort()
-    prob = sc.probability
-    counts = class_counts(cs)
+    prob, counts = sc.probability, class_counts(cs)
     res_col = cs.table["resolution"].to_numpy(np.float64) if "resolution" in cs.table else np.full(len(cs), np.nan)
-
-    how = params["select"]
-    if how == "threshold":
-        cut = float(params["threshold"])
-        reason = f"threshold {cut:.2f} (given)"
-    elif how == "fraction":
-        n_keep = max(1, int(round(params["fraction"] * len(cs))))
-        cut = float(np.sort(prob)[::-1][n_keep - 1])
-        reason = f"top {100 * params['fraction']:.0f}% of the classes ({n_keep}): score >= {cut:.3f}"
-    else:
-        cut, reason = auto_threshold(prob, None if np.isnan(counts).all() else counts, params["recall"],
-                                     params["min_probability"])
-        reason = f"auto cut {cut:.2f}: {reason}"
+    cut, reason = _cut(prob, counts, params)
     keep = prob >= cut
-    order = np.argsort(-prob, kind="stable")
     rank = np.empty(len(cs), np.int64)
-    rank[order] = np.arange(1, len(cs) + 1)
+    rank[np.argsort(-prob, kind="stable")] = np.arange(1, len(cs) + 1)
 
-    scored = ClassSet(cs.table.copy(), cs.images, cs.pixel_size, cs.particles, cs.source, cs.meta)
-    scored.table[SCORE] = prob
-    scored.table[PREDICTED] = prob
+    scored = replace(cs, table=cs.table.assign(**{SCORE: prob, PREDICTED: prob}))
     res = JobResult()
     res.classes["rank_model"] = scored
     res.class_selection["class_averages"] = [int(k) for k in keep]
@@ -76,8 +75,6 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
                        f"({len(cs) / max(seconds, 1e-9):.0f} classes/s; model {model.info.get('name', 'user model')})")
     res.summary.append(f"rank: {reason}")
     kept_ids = cs.class_ids[keep]
-    n_total = np.nansum(counts)
-    n_kept = np.nansum(counts[keep])
     if keep.any():
         res.classes["class_averages"] = scored.subset(kept_ids)
     if cs.particles is not None and cs.particles.has("class_id"):
@@ -92,12 +89,13 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
             res.summary.append("rank: no particles selected: particles.star is not written")
     else:
         res.summary.append(f"rank: kept {int(keep.sum())} of {len(cs)} classes"
-                           + (f" ({int(n_kept)} of {int(n_total)} particles by the class counts)"
-                              if np.isfinite(counts).any() else "")
+                           + (f" ({int(np.nansum(counts[keep]))} of {int(np.nansum(counts))} particles by the "
+                              "class counts)" if np.isfinite(counts).any() else "")
                            + "; the input has no particles (a bare stack or classes without their particle "
                              "file): only the class selection and scores are written")
-    title = f"rank: {int(keep.sum())} of {len(cs)} classes kept (cut {cut:.2f}, {how}; evidence: {mode})"
-    res.figures["rank_gallery"] = gallery_figure(cs.images, cs.class_ids, prob, counts, res_col, cut, title)
+    if params["gallery"]:
+        title = f"rank: {int(keep.sum())} of {len(cs)} classes kept (cut {cut:.2f}, {params['select']}; evidence: {mode})"
+        res.figures["rank_gallery"] = gallery_figure(cs.images, cs.class_ids, prob, counts, res_col, cut, title)
     ctx.report(1, 1)
     return res
 
@@ -109,7 +107,8 @@ SPEC = register(JobSpec(
     inputs=(Input("classes", "classes", "2D classes: a Class2D result with its particles, or a bare stack of "
                   "class averages"),),
     params=(
-        Param("model", str, "", "ranker model file (.pt from 'cryolens train rank'); empty = the shipped model"),
+        Param("model", Path, None, "ranker model (.pt) from: cryolens train rank", file_kind="rank_model",
+              unset="the model shipped with cryolens"),
         Param("select", str, "auto", "how to select: auto (cut from this data set's scores), threshold, fraction",
               choices=("auto", "threshold", "fraction")),
         Param("threshold", float, 0.5, "with --select threshold: keep classes scoring at least this", min=0, max=1),
@@ -119,6 +118,7 @@ SPEC = register(JobSpec(
               min=0.5, max=1),
         Param("min_probability", float, 0.1, "auto: never keep a class scoring below this", min=0, max=1),
         Param("write_rejected", bool, False, "also write the particles of the classes not selected"),
+        *CLASS_AVERAGE_PARAMS,
     ),
     outputs=(Output("particles", "particles", "particles of the selected classes"),
              Output("rejected", "particles", "particles of the other classes (with --write_rejected)"),

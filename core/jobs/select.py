@@ -10,56 +10,8 @@ import pandas as pd
 
 from ..errors import CryolensError
 from ..particles import ClassSet, ParticleSet
+from ..selection import histogram_figure, numeric_column, parse_class_list, resolve_column, value_window
 from .base import Input, JobContext, JobResult, JobSpec, Output, Param, register
-
-
-def parse_class_list(text: str) -> list[int]:
-    """'1,3, 5-7' -> [1, 3, 5, 6, 7] (1-based class numbers, as RELION shows them)."""
-    out: list[int] = []
-    for part in filter(None, (p.strip() for p in re.split(r"[,\s]+", text or ""))):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise CryolensError(f"parameter --classes: cannot read {part!r} (use e.g. 1,3,5-7)")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise CryolensError(f"parameter --classes: empty range {part!r}")
-        out.extend(range(lo, hi + 1))
-    return sorted(set(out))
-
-
-def resolve_column(ps: ParticleSet, name: str) -> str:
-    """A column by its table name or by the source file's label (rlnDefocusU -> defocus_u)."""
-    if name in ps.table.columns:
-        return name
-    for field, label in ps.meta.get("labels", {}).items():
-        if label == name and field in ps.table.columns:
-            return field
-    numeric = [c for c in ps.table.columns if not c.startswith("~") and pd.api.types.is_numeric_dtype(ps.table[c])]
-    raise CryolensError(f"no column {name!r} in {ps.source or 'the particles'} "
-                        f"(numeric columns: {', '.join(ps.label(c) for c in numeric)})")
-
-
-def _numeric(ps: ParticleSet, col: str) -> np.ndarray:
-    values = pd.to_numeric(ps.table[col], errors="coerce").to_numpy(np.float64)
-    if np.isnan(values).all():
-        raise CryolensError(f"column {ps.label(col)} is not numeric")
-    return values
-
-
-def _histogram(values: np.ndarray, lo, hi, label: str, kept: int, total: int):
-    """The thresholded column's distribution with the cut drawn (a LogFile node in RELION)."""
-    from ..figures import pyplot
-
-    fig, ax = pyplot().subplots(figsize=(5, 3.2))
-    ax.hist(values, bins=min(100, max(10, len(values) // 20)), color="0.6")
-    for cut in (lo, hi):
-        if cut is not None and np.isfinite(cut):
-            ax.axvline(cut, color="C3", lw=1.5)
-    ax.set_xlabel(label)
-    ax.set_ylabel("particles")
-    ax.set_title(f"select: kept {kept} of {total} particles", fontsize=9)
-    fig.tight_layout()
-    return fig
 
 
 def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
@@ -87,28 +39,19 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
             res.class_selection["class_averages"] = sel
             res.classes["class_averages"] = classes.subset(wanted)
 
+    bounds = ("min_value", "max_value", "min_quantile", "max_quantile")
     if params["column"]:
-        col = resolve_column(ps, params["column"])
-        values = _numeric(ps, col)
-        finite = np.isfinite(values)
-        lo, hi = params["min_value"], params["max_value"]
-        qlo, qhi = params["min_quantile"], params["max_quantile"]
-        if qlo is not None:
-            lo = max(lo if lo is not None else -np.inf, float(np.quantile(values[finite], qlo)))
-        if qhi is not None:
-            hi = min(hi if hi is not None else np.inf, float(np.quantile(values[finite], qhi)))
-        if lo is None and hi is None:
+        if all(params[k] is None for k in bounds):
             raise CryolensError("--column needs --min_value/--max_value or --min_quantile/--max_quantile")
-        m = finite.copy()
-        if lo is not None:
-            m &= values >= lo
-        if hi is not None:
-            m &= values <= hi
+        col = resolve_column(ps, params["column"])
+        values = numeric_column(ps, col)
+        m, lo, hi = value_window(values, *(params[k] for k in bounds))
         keep &= m
         why.append(f"{ps.label(col)} in [{'-inf' if lo is None else f'{lo:.6g}'}, "
                    f"{'inf' if hi is None else f'{hi:.6g}'}]")
-        res.figures["select_histogram"] = _histogram(values[finite], lo, hi, ps.label(col), int(m.sum()), len(ps))
-    elif any(params[k] is not None for k in ("min_value", "max_value", "min_quantile", "max_quantile")):
+        res.figures["select_histogram"] = histogram_figure(values[np.isfinite(values)], lo, hi, ps.label(col),
+                                                           int(m.sum()), len(ps))
+    elif any(params[k] is not None for k in bounds):
         raise CryolensError("a threshold or quantile was given without --column")
 
     ctx.check_abort()
@@ -147,13 +90,18 @@ SPEC = register(JobSpec(
             Input("classes", "classes", "2D classes with their particles (Class2D output)", required=False)),
     one_of=("particles", "classes"),
     params=(
-        Param("classes", str, "", "class numbers to keep, e.g. 1,3,5-7 (1-based, as RELION shows them)"),
-        Param("column", str, "", "numeric column to threshold, e.g. rlnMaxValueProbDistribution"),
-        Param("min_value", float, None, "keep particles with column >= this"),
-        Param("max_value", float, None, "keep particles with column <= this"),
-        Param("min_quantile", float, None, "keep particles at or above this quantile of the column", min=0, max=1),
-        Param("max_quantile", float, None, "keep particles at or below this quantile of the column", min=0, max=1),
-        Param("split_by", str, "", "write one particle set per value of this column (e.g. rlnOpticsGroup)"),
+        Param("classes", str, "", "class numbers to keep, e.g. 1,3,5-7 (1-based, as RELION shows them)",
+              metavar="LIST", unset="every class"),
+        Param("column", str, "", "numeric column to threshold, e.g. rlnMaxValueProbDistribution", metavar="LABEL",
+              unset="no threshold"),
+        Param("min_value", float, None, "keep particles with column >= this", unset="no bound"),
+        Param("max_value", float, None, "keep particles with column <= this", unset="no bound"),
+        Param("min_quantile", float, None, "keep particles at or above this quantile of the column", min=0, max=1,
+              unset="no bound"),
+        Param("max_quantile", float, None, "keep particles at or below this quantile of the column", min=0, max=1,
+              unset="no bound"),
+        Param("split_by", str, "", "write one particle set per value of this column (e.g. rlnOpticsGroup)",
+              metavar="LABEL", unset="no split"),
         Param("max_splits", int, 100, "refuse to split into more sets than this", min=1),
         Param("write_rejected", bool, False, "also write the particles that were not selected"),
     ),

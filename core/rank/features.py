@@ -69,10 +69,8 @@ def _col(table: pd.DataFrame, name: str) -> np.ndarray:
 
 def class_counts(cs: ClassSet) -> np.ndarray:
     """Particles per class, NaN where unknown (bare stacks, model stars without their data star)."""
-    try:
-        return cs.counts().to_numpy(np.float64)
-    except Exception:  # no membership and no count column
-        return np.full(len(cs), np.nan)
+    counts = cs.known_counts()
+    return np.full(len(cs), np.nan) if counts is None else counts.to_numpy(np.float64)
 
 
 def stat_features(cs: ClassSet) -> np.ndarray:

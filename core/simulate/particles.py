@@ -261,6 +261,18 @@ class Species:
     def volume_at(self, conformation: float):
         return self.volume(float(conformation)) if callable(self.volume) else self.volume
 
+    @classmethod
+    def from_phantom(cls, phantom) -> "Species":
+        """A phantom protein (``proteins.Phantom``) as a species: its density, or its
+        conformations (4 values of a continuous motion, or each discrete state)."""
+        conf = phantom.conformations
+        if conf is not None and conf.continuous:
+            return cls(phantom.name, conf.density, conformations=4)
+        if conf is not None and conf.n_states > 1:
+            return cls(phantom.name, lambda t, c=conf: c.state(int(round(t))).density,
+                       conformations=list(range(conf.n_states)))
+        return cls(phantom.name, phantom.density)
+
 
 def _as_species(volumes) -> list[Species]:
     if isinstance(volumes, Species):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import pandas as pd
 from cryolens.core.particles import ClassSet
 
 PURITY_GOOD = 0.7  # a class whose members are >= 70% true particles of one species is worth keeping
+TRAIN_POOL = (100_000, 60)  # (seed, size) of the training phantom pool; the benchmark's pool is disjoint
 JUNK_ALL = ("empty", "ice_contamination", "crystalline_ice", "carbon_edge", "aggregate", "off_centre",
             "ring_artefact", "over_masked", "streaky")
 
@@ -48,12 +49,11 @@ def default_cache() -> Path:
     return Path(base) / "cryolens" / "rank"
 
 
-def _phantoms(n: int, seed: int, box: int, pixel_size: float):
+def _phantoms(n: int, seed: int, box: int, pixel_size: float) -> dict:
+    from cryolens.core.simulate.particles import Species
     from cryolens.core.simulate.proteins import phantom_library
-    from cryolens.simulate_cmd import _species
 
-    phantoms = phantom_library(n, seed=seed, box=box, pixel_size=pixel_size)
-    return _species(phantoms)
+    return {ph.name: Species.from_phantom(ph) for ph in phantom_library(n, seed=seed, box=box, pixel_size=pixel_size)}
 
 
 _POOLS: dict = {}
@@ -140,16 +140,6 @@ TRAIN_RELION = [(101, 1101, {}), (102, 1102, {"n_species": 2, "K": 8, "snr": 0.4
 BENCH_RELION = [(901, 9901, {}), (902, 9902, {"n_species": 2, "K": 8, "snr": 0.4, "junk": 0.4})]
 
 
-if __name__ == "__main__":  # pre-build the cached RELION runs: python -m cryolens.recipes.rank_data [train|bench]
-    import sys
-
-    which = sys.argv[1:] or ["train", "bench"]
-    runs = [(w, r) for w in which for r in (TRAIN_RELION if w == "train" else BENCH_RELION)]
-    for w, (seed, pseed, kw) in runs:
-        d = relion_dataset(default_cache(), seed, pseed, **kw)
-        print(w, seed, "classes", len(d.labels), "good", int(d.labels.sum()), flush=True)
-
-
 def cached_synthetic(cache: Path | None, seed: int, pool_seed: int, pool_size: int) -> LabelledClasses:
     """``synthetic_dataset`` on the phantom pool (``pool_seed``, ``pool_size``) through an on-disk
     cache (``.npz``: images, class table, labels); the pool is built only on a cache miss."""
@@ -175,5 +165,38 @@ def cached_synthetic(cache: Path | None, seed: int, pool_seed: int, pool_size: i
                      pixel_size=d.classes.pixel_size, labels=d.labels, n_true=d.n_true, species=np.array(d.species),
                      **{f"col_{c}": t[c].to_numpy() for c in t.columns})
     # membership is not kept in the cache: counts come from the n_particles column
-    return LabelledClasses(ClassSet(t.copy(), d.classes.images, d.classes.pixel_size, None, d.classes.source,
-                                    d.classes.meta), d.labels, d.n_true, d.route, d.species, d.meta)
+    return LabelledClasses(replace(d.classes, table=t.copy(), particles=None), d.labels, d.n_true, d.route,
+                           d.species, d.meta)
+
+
+def build_training_sets(n_synthetic: int, use_relion: bool, cache: Path, log=print):
+    """(half A, half B, calibration) groups of labelled data sets from the phantom universe.
+
+    Data sets, not classes, are split (classes of one data set share species and statistics);
+    RELION runs go one per group in order and weigh 3x (they are few, and the real thing)."""
+    from cryolens.core.rank.train import Labelled
+
+    groups: tuple[list, list, list] = ([], [], [])
+    t0 = time.perf_counter()
+    for i in range(n_synthetic):
+        d = cached_synthetic(cache, 1000 + i, *TRAIN_POOL)
+        g = 0 if i % 20 < 9 else (1 if i % 20 < 17 else 2)
+        groups[g].append(Labelled(d.classes, d.labels))
+        if (i + 1) % 20 == 0:
+            log(f"  synthetic data sets: {i + 1}/{n_synthetic} ({time.perf_counter() - t0:.0f} s)")
+    if use_relion:
+        for j, (seed, pseed, kw) in enumerate(TRAIN_RELION):
+            d = relion_dataset(cache, seed, pseed, log=log, **kw)
+            groups[j % 3].append(Labelled(d.classes, d.labels, weight=3.0))
+            log(f"  RELION Class2D run {seed}: {len(d.labels)} classes, {int(d.labels.sum())} good")
+    return groups
+
+
+if __name__ == "__main__":  # pre-build the cached RELION runs: python -m cryolens.recipes.rank_data [train|bench]
+    import sys
+
+    which = sys.argv[1:] or ["train", "bench"]
+    runs = [(w, r) for w in which for r in (TRAIN_RELION if w == "train" else BENCH_RELION)]
+    for w, (seed, pseed, kw) in runs:
+        d = relion_dataset(default_cache(), seed, pseed, **kw)
+        print(w, seed, "classes", len(d.labels), "good", int(d.labels.sum()), flush=True)

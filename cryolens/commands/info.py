@@ -1,4 +1,15 @@
-"""``cryolens info``: a short, human summary of any STAR, .cs or MRC file."""
+"""Summarise STAR, .cs, MRC stacks and maps
+
+What a file holds, in a few lines: particles (optics groups, defocus, pose fields, classes,
+image stacks checked), Class2D iterations (classes, counts, resolutions), cryoSPARC datasets
+(slots) and MRC headers.
+
+Example usage
+-------------
+$ cryolens info Class2D/job012/run_it025_data.star
+$ cryolens info particles.star --stats          # also streams every image (bounded memory)
+$ cryolens info J12_particles.cs map.mrc
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +19,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryolens.core.errors import InputError
+from cryolens.core.errors import ExitCode, InputError
 from cryolens.core.particles import ClassSet, ParticleSet
-from cryolens.formats import is_class2d, kind_of
+from cryolens.formats import kind_of
+from cryolens.relion_ext.class2d import is_class2d
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="FILE")
+    parser.add_argument("--project-dir", help="directory image paths are relative to (default: found)")
+    parser.add_argument("--stats", action="store_true",
+                        help="also stream every particle image and report pixel statistics")
+    parser.add_argument("--batch-size", type=int, default=512, metavar="N",
+                        help="images per batch with --stats (default 512)")
 
 
 def _rng(values: pd.Series, unit: str, fmt: str = ".0f") -> str:
@@ -134,7 +155,7 @@ def summarize(path: Path, args: argparse.Namespace) -> list[str]:
     raise InputError("is a directory (give a file, or a Class2D job directory)", path)
 
 
-def run_info(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     failed = 0
     for p in args.paths:
         try:
@@ -148,4 +169,4 @@ def run_info(args: argparse.Namespace) -> int:
             failed += 1
             continue
         print("\n".join(lines), flush=True)
-    return 2 if failed else 0
+    return ExitCode.BAD_INPUT if failed else ExitCode.SUCCESS

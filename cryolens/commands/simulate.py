@@ -1,8 +1,14 @@
-"""``cryolens simulate OUTDIR``: a phantom universe written as a RELION project (and cryoSPARC .cs).
+"""Write a simulated data set with ground truth (RELION project, .cs)
 
 Species are phantom proteins (core.simulate.proteins); particles carry CTFs, noise, junk and
 ground truth (core.simulate.particles); 2D classes come from the fast synthesis
-(core.simulate.classes) and/or a real ``relion_refine`` run (relion_ext.simulate).
+(core.simulate.classes) and/or a real relion_refine run (relion_ext.simulate). The same seed
+gives the same bytes.
+
+Example usage
+-------------
+$ cryolens simulate sim/ --n 2000 --species 3 --snr 0.1 --junk 0.1 --classes 12 --class-route both --cs
+$ cryolens simulate small/ --n 120 --species 2 --box 48 --pixel-size 4 --seed 5
 """
 from __future__ import annotations
 
@@ -13,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("simulate", help="write a simulated data set with ground truth (RELION project, .cs)")
+def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("outdir", metavar="OUTDIR", help="project directory to write (created)")
     p.add_argument("--n", type=int, default=2000, help="particles (default 2000)")
     p.add_argument("--species", type=int, default=3, help="number of phantom proteins (default 3)")
@@ -28,33 +33,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="fast synthesis, a real relion_refine run, both, or none (default fast)")
     p.add_argument("--relion-iters", type=int, default=5, help="relion_refine iterations (default 5)")
     p.add_argument("--cs", action="store_true", help="also write the particles as a cryoSPARC .cs")
-    return p
-
-
-def _species(phantoms) -> dict:
-    from cryolens.core.simulate.particles import Species
-
-    out = {}
-    for ph in phantoms:
-        conf = ph.conformations
-        if conf is not None and conf.continuous:
-            out[ph.name] = Species(ph.name, conf.density, conformations=4)
-        elif conf is not None and conf.n_states > 1:
-            out[ph.name] = Species(ph.name, lambda t, c=conf: c.state(int(round(t))).density,
-                                   conformations=list(range(conf.n_states)))
-        else:
-            out[ph.name] = Species(ph.name, ph.density)
-    return out
 
 
 def _short(name: str) -> str:
     return str(name).split("-s")[0][:16]  # phantom names end in their seed
 
 
-def run_simulate(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from cryolens.core.figures import gallery
     from cryolens.core.simulate.classes import synthesize_classes
-    from cryolens.core.simulate.particles import ParticleSimulator, SimulatorConfig
+    from cryolens.core.simulate.particles import ParticleSimulator, SimulatorConfig, Species
     from cryolens.core.simulate.proteins import phantom_library
     from cryolens.relion_ext.simulate import class2d_with_truth, write_project
 
@@ -65,7 +53,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     (out / "Simulated").mkdir(exist_ok=True)
     for ph in phantoms:
         ph.save(out / "Simulated" / f"map_{ph.name}.mrc")
-    species = _species(phantoms)
+    species = {ph.name: Species.from_phantom(ph) for ph in phantoms}
     sim = ParticleSimulator(species, SimulatorConfig(box=box, pixel_size=px, snr=args.snr, noise=args.noise,
                                                      junk=args.junk), device=args.device)
     ps, images, truth = sim.dataset(args.n, seed=args.seed)
