@@ -282,7 +282,7 @@ def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: t
     """Run the recipe. ``real``: (images (N, b, b) at ``real_pixel_size``, labels (entry names),
     Library, real_pixel_size) for stage II; ``init``: start from this model (stage II only on
     top of a stage-I model, as the seed does). Returns the model and a report."""
-    from ..nn import TripletMarginLoss, build_encoder, seed000_augment
+    from ..nn import TripletMarginLoss, build_encoder, class_average_augment
     from ..simulate.proteins import phantom_library
     from ..train import TrainConfig, train
 
@@ -332,7 +332,7 @@ def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: t
 
     tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, lr_min=cfg.lr_min, seed=cfg.seed, device=cfg.device,
                      checkpoint_dir=cfg.checkpoint_dir, val_every=cfg.val_every, log_every=50)
-    res = train(encoder, TripletMarginLoss(cfg.margin, "all"), source, tc, augment=seed000_augment(),
+    res = train(encoder, TripletMarginLoss(cfg.margin, "all"), source, tc, augment=class_average_augment(),
                 validation=validation, on_log=on_log, should_stop=should_stop)
     if res.best_checkpoint is not None:
         from ..train import load_checkpoint
