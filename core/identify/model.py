@@ -1,6 +1,6 @@
 """The identity model: an embedding encoder with per-mode confidence calibration, and the
-embedding of class averages and library references under it (``core.nn.run_batched`` with the
-four 90-degree rotations as test-time augmentation)."""
+embedding of class averages, library references and decoys under it (``core.nn.run_batched``
+with the four 90-degree rotations as test-time augmentation)."""
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +15,7 @@ import torch
 from ..artifacts import CHECKPOINT, load_torch, save_torch
 from ..errors import CryolensError, InputError
 from ..nn.embed import run_batched
-from .library import Library
+from .library import Decoys, Library
 
 MODES = ("embedding", "correlation", "combined")
 TASK = "identify"
@@ -98,3 +98,16 @@ def embed_library(library: Library, model: IdentityModel, log: Callable[[str], N
         library.embedding_model = fp
     return library.embeddings
 
+
+def embed_decoys(decoys: Decoys, model: IdentityModel, log: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    """The decoys' embeddings under ``model`` (float32, kept as embedded): those ``decoys`` hold
+    when they are this model's, else embedded now and stored in ``decoys``."""
+    fp = model.fingerprint()
+    if decoys.embeddings is None or decoys.embedding_model != fp:
+        if log:
+            log(f"embedding {len(decoys.references)} decoy references")
+        decoys.embeddings = embed_images(model.encoder, torch.from_numpy(decoys.references.astype(np.float32)),
+                                         should_stop=should_stop).numpy()
+        decoys.embedding_model = fp
+    return decoys.embeddings

@@ -36,6 +36,7 @@ from ..images import resample_images
 from ..calibration import fit_logistic, logistic
 from ..projector import Projector
 from ..simulate.classes import class_average_like
+from .decoys import build_decoys
 from .library import Library
 from .model import MODES, IdentityModel
 from .score import confidence_features, decoy_z, prepare_queries, score_entries
@@ -203,6 +204,7 @@ def calibrate(model: IdentityModel, known, unknown, cfg: RecipeConfig, log: Call
               modes=MODES) -> dict[str, Any]:
     """Fit the per-mode confidence calibration on held-out proteins; return the figures."""
     lib = _library_of(known, cfg.box, cfg.pixel_size, n_views=48)
+    lib.decoys = build_decoys(lib)
     qk, nk = simulated_queries(known, 4 * len(known), cfg.box, cfg.pixel_size, cfg.seed + 11)
     qu, nu = simulated_queries(unknown, 2 * len(unknown), cfg.box, cfg.pixel_size, cfg.seed + 12, junk=8)
     images = np.concatenate([qk, qu])
