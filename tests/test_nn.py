@@ -216,3 +216,20 @@ def test_translation_and_mask():
     assert cy.abs().max() <= 0.1 * box + 1e-4 and cy.abs().max() > 0.07 * box
     m = SoftCircularMask(0.5, width_px=3)(torch.ones(2, box, box))
     assert m[0, box // 2, box // 2] == 1 and m[0, 0, 0] == 0
+
+
+def test_run_batched_batches_restores_the_mode_and_stops():
+    from cryolens.core.errors import JobAborted
+    from cryolens.core.nn import run_batched
+
+    m = torch.nn.Linear(4, 2)
+    x = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    y = run_batched(m, x, batch_size=3)
+    torch.testing.assert_close(y, m(x).detach())
+    assert m.training and not y.requires_grad
+    logit, emb = run_batched(m, x, lambda b: (m(b)[:, 0], m(b)), batch_size=4, prepare=lambda b: b * 2)
+    assert logit.shape == (10,) and emb.shape == (10, 2)
+    torch.testing.assert_close(emb, m(2 * x).detach())
+    with pytest.raises(JobAborted):
+        run_batched(m, x, should_stop=lambda: True)
+    assert m.training
