@@ -139,6 +139,13 @@ def test_prepare_library_adds_decoys_and_embeddings_once_and_saves_them(library,
     assert not prepare_library(back, shipped, path) and path.stat().st_mtime_ns == before
 
 
+def test_scoring_does_not_load_the_simulator():
+    code = ("import sys, cryolens.core.identify; "
+            "print(sorted(m for m in sys.modules if m.startswith('cryolens.core.simulate')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
 @pytest.fixture(scope="module")
 def open_set_queries(proteins):
     known, names_k = simulated_queries(proteins[:6], 12, BOX, PX, seed=3)
