@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     from cryolens.core.geometry import random_rotations
-    from cryolens.core.identify import IdentityModel, prepare_queries, score_entries
+    from cryolens.core.identify import IdentityModel, prepare_library, prepare_queries, score_entries
     from cryolens.core.identify.library import Library
     from cryolens.core.projector import Projector
     from cryolens.core.simulate.classes import class_average_like, synthesize_classes
@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     lib = Library(box, px, n_views=args.views)
     for ph in proteins:
         lib.add_volume(ph.density, ph.name, source="phantom")
+    prepare_library(lib, None)  # the decoys (the first row's scoring embeds the library, as a job does)
     names = lib.entries["name"].astype(str).to_numpy()
     n = args.classes * len(proteins)
     species = {ph.name: ph.density for ph in proteins}

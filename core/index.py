@@ -4,13 +4,12 @@
 entry (a pandas DataFrame). Search is exact and chunked over both the library and the queries,
 so memory stays bounded (query_chunk x library_chunk scores at a time) for millions of entries.
 
-On disk: one ``.npz`` (no pickles) holding ``embeddings``, a JSON ``header`` with the format name
-and version, and the metadata as JSON (pandas ``orient="table"``, which keeps dtypes).
+On disk: one ``.npz`` of ``core.artifacts`` (format ``cryolens.index``) holding ``embeddings`` and
+the metadata as JSON (pandas ``orient="table"``, which keeps dtypes).
 """
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path
+from .artifacts import INDEX, array_text, load_npz, save_npz, text_array
 from .errors import InputError
-
-FORMAT_NAME = "cryolens.embedding_index"
-FORMAT_VERSION = 1
 
 
 def _as_metadata(meta: Any, n: int) -> pd.DataFrame:
@@ -188,39 +184,22 @@ class EmbeddingIndex:
     # ------------------------------------------------------------------------------------- disk
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dim": self.dim, "n": len(self),
-                  "dtype": "float16" if self.dtype == torch.float16 else "float32"}
+        """One ``.npz`` (format ``cryolens.index``, see ``core.artifacts``), written atomically."""
+        header = {"dim": self.dim, "n": len(self), "dtype": "float16" if self.dtype == torch.float16 else "float32"}
         meta = self.metadata.to_json(orient="table", index=False)
-        emb = self.embeddings.cpu().numpy()
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, embeddings=emb, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
-                     metadata=np.frombuffer(meta.encode(), np.uint8))
-        return path
+        return save_npz(path, INDEX, header, {"embeddings": self.embeddings.cpu().numpy(), "metadata": text_array(meta)})
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", chunk_size: int = 65536) -> "EmbeddingIndex":
-        path = Path(path)
-        if not path.exists():
-            raise InputError("embedding index not found", path)
+        header, arrays = load_npz(path, INDEX)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                header = json.loads(bytes(z["header"]).decode())
-                if header.get("format") != FORMAT_NAME:
-                    raise InputError(f"not a cryolens embedding index (format {header.get('format')!r})", path)
-                if header.get("version") != FORMAT_VERSION:
-                    raise InputError(f"embedding index format version {header.get('version')!r} is not supported "
-                                     f"(this cryolens reads version {FORMAT_VERSION}); rebuild the index "
-                                     f"or use a matching cryolens", path)
-                emb = z["embeddings"]
-                meta = bytes(z["metadata"]).decode()
-        except InputError:
-            raise
-        except Exception as err:  # zip/npz/JSON damage
-            raise InputError(f"cannot read embedding index ({type(err).__name__}: {err})", path) from err
-        dtype = torch.float16 if header["dtype"] == "float16" else torch.float32
-        idx = cls(int(header["dim"]), dtype, device, chunk_size)
-        df = pd.read_json(io.StringIO(meta), orient="table")
+            emb = arrays["embeddings"]
+            df = pd.read_json(io.StringIO(array_text(arrays["metadata"])), orient="table")
+            dtype = torch.float16 if header["dtype"] == "float16" else torch.float32
+            dim = int(header["dim"])
+        except Exception as err:  # a damaged table or header
+            raise InputError(f"damaged embedding index ({type(err).__name__}: {err})", path) from None
+        idx = cls(dim, dtype, device, chunk_size)
         if len(df) == 0 and emb.shape[0]:
             df = pd.DataFrame(index=range(emb.shape[0]))
         idx._emb = torch.from_numpy(emb).to(idx.device, dtype)

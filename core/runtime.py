@@ -1,6 +1,8 @@
-"""Device choice and seeding: every job runs on CUDA when asked/available, else on the CPU."""
+"""Device choice, seeding and the process's rank: every job runs on CUDA when asked/available,
+else on the CPU."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -26,9 +28,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise CryolensError(f"unknown device {name!r} (use auto, cpu or cuda)")
 
 
-def seed_everything(seed: int) -> np.random.Generator:
-    """Seed python, numpy and torch; return a numpy Generator for explicit use."""
+def seed_everything(seed: int, rank: int = 0) -> np.random.Generator:
+    """Seed python, numpy and torch (CPU and CUDA); return a numpy Generator for explicit use.
+    ``rank``: each process of a torchrun run draws its own streams (seed + 1000 * rank)."""
+    seed = seed + 1000 * rank
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def is_main_process() -> bool:
+    """False in the processes of a ``torchrun`` run other than rank 0 (which alone writes results)."""
+    return int(os.environ.get("RANK", "0")) == 0

@@ -13,6 +13,7 @@ On CPU, the same seed gives the same weights, and a resumed run the uninterrupte
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -27,13 +28,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .atomic import atomic_path
-from .errors import InputError
+from .artifacts import CHECKPOINT, load_torch, save_torch
 from .index import EmbeddingIndex, retrieval_metrics
-from .runtime import resolve_device
-
-CHECKPOINT_FORMAT = "cryolens.checkpoint"
-CHECKPOINT_VERSION = 1
+from .nn.embed import run_batched
+from .runtime import resolve_device, seed_everything
 
 
 @dataclass
@@ -119,28 +117,9 @@ def _set_rng_state(s: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def _seed_rank(seed: int, rank: int) -> None:
-    s = seed + 1000 * rank
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.manual_seed(s)
-
-
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
-    """Read and check a checkpoint (weights_only: no pickled code runs)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError("checkpoint not found", path)
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise InputError(f"cannot read checkpoint ({type(err).__name__}: {err})", path) from err
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise InputError("not a cryolens checkpoint", path)
-    if ck.get("version") != CHECKPOINT_VERSION:
-        raise InputError(f"checkpoint format version {ck.get('version')!r} is not supported "
-                         f"(this cryolens reads version {CHECKPOINT_VERSION})", path)
-    return ck
+    """Read and check a checkpoint (format ``cryolens.checkpoint``; weights_only: no pickled code runs)."""
+    return load_torch(path, CHECKPOINT, map_location)
 
 
 def load_encoder(path: str | os.PathLike, map_location="cpu") -> nn.Module:
@@ -152,16 +131,10 @@ def load_encoder(path: str | os.PathLike, map_location="cpu") -> nn.Module:
     return model.eval()
 
 
-@torch.no_grad()
 def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 256, device=None) -> torch.Tensor:
     """Embeddings (N, D) float32 on the CPU, model in eval mode (restored afterwards)."""
     m = unwrap(model)
-    was = m.training
-    m.eval()
-    dev = device or next(m.parameters()).device
-    out = [m(images[i:i + batch_size].to(dev)).float().cpu() for i in range(0, images.shape[0], batch_size)]
-    m.train(was)
-    return torch.cat(out, 0)
+    return run_batched(m, images, lambda x: m(x).float(), batch_size, device)
 
 
 def evaluate(model: nn.Module, val: Validation, batch_size: int = 256, device=None) -> dict[str, float]:
@@ -184,15 +157,53 @@ def evaluate(model: nn.Module, val: Validation, batch_size: int = 256, device=No
 # -------------------------------------------------------------------------------- distributed
 
 
-def _setup_distributed(device: torch.device) -> tuple[int, int, bool]:
-    """(rank, world, we_initialised). Initialises the process group when torchrun set WORLD_SIZE > 1."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and dist.is_available():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        return dist.get_rank(), dist.get_world_size(), True
-    return 0, 1, False
+@dataclass
+class _Processes:
+    """This process's place in the run: rank and world size (1 without torchrun), its device, and
+    whether it initialised the process group (then it also tears it down)."""
+    rank: int
+    world: int
+    device: torch.device
+    own_group: bool
+
+    @classmethod
+    def join(cls, device_name: str) -> "_Processes":
+        """Initialise the process group when torchrun set WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU);
+        each CUDA rank takes the GPU of its LOCAL_RANK."""
+        device = resolve_device(device_name)
+        if dist.is_available() and dist.is_initialized():
+            rank, world, own = dist.get_rank(), dist.get_world_size(), False
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            rank, world, own = dist.get_rank(), dist.get_world_size(), True
+        else:
+            rank, world, own = 0, 1, False
+        if device.type == "cuda" and world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count()))))
+            torch.cuda.set_device(device)
+        return cls(rank, world, device, own)
+
+    def any_true(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any (a stop request reaches all ranks)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every rank, in rank order (a collective: every rank must call it)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def leave(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+        if self.own_group:
+            dist.destroy_process_group()
 
 
 class _Source:
@@ -212,6 +223,111 @@ class _Source:
             return None
 
 
+# ------------------------------------------------------------------------------- optimisation
+
+
+class _Optimiser:
+    """AdamW with the cosine schedule, mixed precision on CUDA (bf16 where supported, else fp16
+    with a gradient scaler) and gradient clipping: one ``step`` is one update."""
+
+    def __init__(self, base: nn.Module, config: TrainConfig, device: torch.device):
+        self.base, self.grad_clip = base, config.grad_clip
+        self.opt = torch.optim.AdamW(base.parameters(), lr=config.lr, betas=tuple(config.betas),
+                                     weight_decay=config.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, cosine_lr_lambda(config.steps, config.lr, config.lr_min, config.warmup_steps))
+        self.amp_dtype = None
+        if device.type == "cuda" and config.amp != "off":
+            fp16 = config.amp == "fp16" or (config.amp == "auto" and not torch.cuda.is_bf16_supported())
+            self.amp_dtype = torch.float16 if fp16 else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.device = device
+
+    def step(self, net: nn.Module, loss_fn, images: torch.Tensor, labels: torch.Tensor):
+        """(loss, gradient norm before clipping or None, learning rate of this step)."""
+        autocast = torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None) \
+            if self.device.type == "cuda" else contextlib.nullcontext()
+        with autocast:
+            loss = loss_fn(net(images).float(), labels)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        gnorm = None
+        if self.grad_clip:
+            self.scaler.unscale_(self.opt)
+            gnorm = float(torch.nn.utils.clip_grad_norm_(self.base.parameters(), self.grad_clip))
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        lr = self.sched.get_last_lr()[0]
+        self.sched.step()
+        return loss, gnorm, lr
+
+    def state(self) -> dict[str, Any]:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+
+    def load_state(self, ck: dict[str, Any]) -> None:
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        if ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+
+
+# -------------------------------------------------------------------------------- checkpoints
+
+
+class _Checkpoints:
+    """``last.pt`` (everything a resume needs, the RNG states of every rank) and ``best.pt`` (the
+    weights at the best validation) in ``directory``; rank 0 writes, through ``core.artifacts``."""
+
+    def __init__(self, directory: str | None, base: nn.Module, config: TrainConfig, optimiser: _Optimiser,
+                 procs: _Processes):
+        self.dir = Path(directory) if directory else None
+        self.base, self.config, self.optimiser, self.procs = base, config, optimiser, procs
+        self.model_config = getattr(base, "config", None)
+
+    def resume_path(self, resume: str | os.PathLike | bool | None) -> Path | None:
+        """``True``: ``last.pt`` when there is one; a path: that checkpoint."""
+        if resume is True:
+            return self.dir / "last.pt" if self.dir is not None and (self.dir / "last.pt").exists() else None
+        return Path(resume) if resume else None
+
+    def restore(self, path: Path) -> tuple[int, float | None, int | None]:
+        """Load weights, optimiser and RNG states from ``path``: (step, best metric, best step).
+        Resumed by a different number of ranks, the RNGs are seeded afresh from (seed, step)."""
+        ck = load_checkpoint(path, map_location=self.procs.device)
+        self.base.load_state_dict(ck["model"])
+        self.optimiser.load_state(ck)
+        start = int(ck["step"])
+        rngs = ck.get("rng") or []
+        if len(rngs) == self.procs.world:
+            _set_rng_state(rngs[self.procs.rank])
+        else:
+            seed_everything(self.config.seed + start, self.procs.rank)
+        return start, ck.get("best_metric"), ck.get("best_step")
+
+    def best_path(self) -> Path | None:
+        return self.dir / "best.pt" if self.dir is not None and (self.dir / "best.pt").exists() else None
+
+    def write_last(self, step: int, result: TrainResult) -> Path | None:
+        """``last.pt``; a collective (every rank's RNG state is gathered), written by rank 0."""
+        rng = self.procs.gather(_rng_state())
+        if self.dir is None or self.procs.rank != 0:
+            return None
+        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}
+        return save_torch(self.dir / "last.pt", CHECKPOINT, {
+            "model_config": self.model_config, "model": self.base.state_dict(), **self.optimiser.state(),
+            "step": step, "best_metric": result.best_metric, "best_step": result.best_step,
+            "train_config": cfg, "rng": rng, "world_size": self.procs.world})
+
+    def write_best(self, step: int, metrics: dict[str, float], value: float) -> Path | None:
+        """``best.pt``; rank 0 alone calls it (no collective: the other ranks don't validate)."""
+        if self.dir is None:
+            return None
+        return save_torch(self.dir / "best.pt", CHECKPOINT, {
+            "model_config": self.model_config, "model": self.base.state_dict(), "step": step,
+            "metrics": metrics, "best_metric": value, "best_step": step})
+
+
 # ---------------------------------------------------------------------------------- the loop
 
 
@@ -227,53 +343,19 @@ def train(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torc
     ``best.pt``. ``should_stop()`` is polled every step (ranks agree: any rank stopping stops all);
     on stop the last checkpoint is written and the result has ``stopped=True``.
     """
-    device = resolve_device(config.device)
-    rank, world, own_pg = _setup_distributed(device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count()))))
-        torch.cuda.set_device(device)
+    procs = _Processes.join(config.device)
+    rank, world, device = procs.rank, procs.world, procs.device
     base = unwrap(model)
-    config_dict = getattr(base, "config", None)
     base.to(device)
-
-    ckdir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
-    resume_path: Path | None = None
-    if resume is True:
-        if ckdir is not None and (ckdir / "last.pt").exists():
-            resume_path = ckdir / "last.pt"
-    elif resume:
-        resume_path = Path(resume)
-
-    opt = torch.optim.AdamW(base.parameters(), lr=config.lr, betas=tuple(config.betas),
-                            weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, cosine_lr_lambda(config.steps, config.lr, config.lr_min, config.warmup_steps))
-
-    amp_dtype = None
-    if device.type == "cuda" and config.amp != "off":
-        if config.amp == "fp16" or (config.amp == "auto" and not torch.cuda.is_bf16_supported()):
-            amp_dtype = torch.float16
-        else:
-            amp_dtype = torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    optimiser = _Optimiser(base, config, device)
+    checkpoints = _Checkpoints(config.checkpoint_dir, base, config, optimiser, procs)
 
     start, best_metric, best_step = 0, None, None
+    resume_path = checkpoints.resume_path(resume)
     if resume_path is not None:
-        ck = load_checkpoint(resume_path, map_location=device)
-        base.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        if ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        start = int(ck["step"])
-        best_metric, best_step = ck.get("best_metric"), ck.get("best_step")
-        rngs = ck.get("rng") or []
-        if len(rngs) == world:
-            _set_rng_state(rngs[rank])
-        else:
-            _seed_rank(config.seed + start, rank)
+        start, best_metric, best_step = checkpoints.restore(resume_path)
     else:
-        _seed_rank(config.seed, rank)
+        seed_everything(config.seed, rank)
 
     net: nn.Module = base
     if world > 1:
@@ -281,29 +363,8 @@ def train(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torc
 
     batches = _Source(source, rank, world, start)
     result = TrainResult(step=start, stopped=False, best_metric=best_metric, best_step=best_step)
-    if ckdir is not None and (ckdir / "best.pt").exists() and best_step is not None:
-        result.best_checkpoint = ckdir / "best.pt"
-
-    def save(name: str, step: int) -> Path | None:
-        rng = _rng_state()
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, rng)
-            rng_all = gathered
-        else:
-            rng_all = [rng]
-        if ckdir is None or rank != 0:
-            return None
-        ck = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_config": config_dict,
-              "model": base.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-              "scaler": scaler.state_dict() if scaler.is_enabled() else None, "step": step,
-              "best_metric": result.best_metric, "best_step": result.best_step,
-              "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
-              "rng": rng_all, "world_size": world}
-        path = ckdir / name
-        with atomic_path(path) as tmp:
-            torch.save(ck, tmp)
-        return path
+    if best_step is not None:
+        result.best_checkpoint = checkpoints.best_path()
 
     def validate(step: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -312,16 +373,7 @@ def train(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torc
             value = metrics[config.select_metric]
             if result.best_metric is None or value > result.best_metric:
                 result.best_metric, result.best_step = value, step
-                p = None
-                if ckdir is not None:
-                    # best.pt: rank 0 writes it directly (no collective: the other ranks don't validate)
-                    ck = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_config": config_dict,
-                          "model": base.state_dict(), "step": step, "metrics": metrics,
-                          "best_metric": value, "best_step": step}
-                    p = ckdir / "best.pt"
-                    with atomic_path(p) as tmp:
-                        torch.save(ck, tmp)
-                result.best_checkpoint = p
+                result.best_checkpoint = checkpoints.write_best(step, metrics, value)
         result.last_metrics = metrics or result.last_metrics
         return metrics
 
@@ -329,12 +381,7 @@ def train(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torc
     step = start
     t0 = time.perf_counter()
     while step < config.steps:
-        stop = bool(should_stop()) if should_stop is not None else False
-        if world > 1:
-            flag = torch.tensor([1.0 if stop else 0.0], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item() > 0)
-        if stop:
+        if procs.any_true(bool(should_stop()) if should_stop is not None else False):
             result.stopped = True
             break
         batch = batches.get(step)
@@ -344,22 +391,8 @@ def train(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torc
         images = torch.as_tensor(images).to(device, non_blocking=True)
         labels = torch.as_tensor(labels).to(device)
         if augment is not None:
-            g = torch.Generator().manual_seed(step_seed(config.seed, step, rank))
-            images = augment(images, g)
-        with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None) if device.type == "cuda" \
-                else _nullcontext():
-            emb = net(images)
-            loss = loss_fn(emb.float(), labels)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        gnorm = None
-        if config.grad_clip:
-            scaler.unscale_(opt)
-            gnorm = float(torch.nn.utils.clip_grad_norm_(base.parameters(), config.grad_clip))
-        scaler.step(opt)
-        scaler.update()
-        lr = sched.get_last_lr()[0]
-        sched.step()
+            images = augment(images, torch.Generator().manual_seed(step_seed(config.seed, step, rank)))
+        loss, gnorm, lr = optimiser.step(net, loss_fn, images, labels)
         step += 1
         result.step = step
 
@@ -367,8 +400,8 @@ def train(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torc
         last = step == config.steps
         if validation is not None and ((config.val_every and step % config.val_every == 0) or last):
             metrics = validate(step)
-        if ckdir is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and not last:
-            result.last_checkpoint = save("last.pt", step) or result.last_checkpoint
+        if checkpoints.dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and not last:
+            result.last_checkpoint = checkpoints.write_last(step, result) or result.last_checkpoint
         if on_log is not None and (step % max(1, config.log_every) == 0 or metrics or last or step == start + 1):
             rec = {"step": step, "loss": float(loss.detach()), "lr": lr, "grad_norm": gnorm,
                    "seconds": time.perf_counter() - t0, "rank": rank, "world": world}
@@ -377,18 +410,7 @@ def train(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torc
             result.history.append(rec)
             on_log(rec)
 
-    if ckdir is not None:
-        result.last_checkpoint = save("last.pt", step) or result.last_checkpoint
-    if world > 1:
-        dist.barrier()
-    if own_pg:
-        dist.destroy_process_group()
+    if checkpoints.dir is not None:
+        result.last_checkpoint = checkpoints.write_last(step, result) or result.last_checkpoint
+    procs.leave()
     return result
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cryolens.core.identify import (IdentityModel, embed_library, identify, prepare_queries, score_entries,
-                                    shortlist_entries)
+from cryolens.core.identify import (IdentityModel, embed_library, identify, prepare_library, prepare_queries,
+                                    score_entries, shortlist_entries)
 from cryolens.core.identify.train import RecipeConfig, simulated_queries, train_identity
 from cryolens.core.identify.library import Library
 from cryolens.core.mrc import write_stack
@@ -43,6 +43,7 @@ def library(proteins):
     lib = Library(BOX, PX, n_views=60)
     for ph in proteins[:6]:
         lib.add_volume(ph.density, ph.name, accession=f"EMD-{len(lib) + 1:05d}", source="phantom")
+    prepare_library(lib, None)
     return lib
 
 
@@ -117,6 +118,32 @@ def test_library_embeddings_are_stored_and_only_new_maps_are_embedded(library, p
     calls.clear()
     embed_library(back, other, log=calls.append)
     assert calls == ["embedding 40 library references"] and back.embedding_model == other.fingerprint()
+
+
+def test_prepare_library_adds_decoys_and_embeddings_once_and_saves_them(library, proteins, shipped, tmp_path):
+    from cryolens.core.errors import CryolensError
+
+    lib = Library(BOX, PX, n_views=6)
+    lib.add_volume(proteins[0].density, "a")
+    with pytest.raises(CryolensError, match="prepare_library"):
+        score_entries(torch.zeros(1, BOX, BOX), lib, "correlation")
+    path = tmp_path / "lib.npz"
+    logs = []
+    assert prepare_library(lib, shipped, path, log=logs.append)
+    back = Library.load(path)
+    assert np.array_equal(back.decoys.references, library.decoys.references)  # the same decoys at one sampling
+    assert back.embedding_model == back.decoys.embedding_model == shipped.fingerprint()
+    assert back.embeddings.shape[0] == 6 and back.decoys.embeddings.shape[0] == len(back.decoys.references)
+    assert len(logs) == 3  # decoys rendered, references and decoys embedded
+    before = path.stat().st_mtime_ns
+    assert not prepare_library(back, shipped, path) and path.stat().st_mtime_ns == before
+
+
+def test_scoring_does_not_load_the_simulator():
+    code = ("import sys, cryolens.core.identify; "
+            "print(sorted(m for m in sys.modules if m.startswith('cryolens.core.simulate')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +300,7 @@ def test_job_as_a_relion_external_job_on_class2d(relion_class2d, proteins, tmp_p
     lib.add_map_file(proj / "Synthetic" / "protA.mrc", name="protA", accession="EMD-0001")
     for ph in phantom_library(3, seed=77, box=64, pixel_size=3.0):
         lib.add_volume(ph.density, ph.name)
+    prepare_library(lib, None)
     lib.save(proj / "lib.npz")
     exe = shutil.which("cryolens-relion-identify") or str(REPO / ".venv/bin/cryolens-relion-identify")
     job_dir, status = add_and_run_external(proj, {

@@ -136,3 +136,15 @@ def test_group_max_of_unscored_columns_is_empty():
     s = torch.tensor([[0.5, -float("inf"), -float("inf"), 0.2]])
     best, arg = group_max(s, torch.tensor([0, 1, 1, 0]), 3)
     assert best.tolist() == [[0.5, -float("inf"), -float("inf")]] and arg.tolist() == [[0, -1, -1]]
+
+
+def test_an_index_written_by_the_previous_cryolens_loads(tmp_path):
+    """Format name cryolens.embedding_index (before core.artifacts): read as cryolens.index."""
+    idx = EmbeddingIndex(4)
+    idx.add(torch.randn(3, 4), [1, 2, 3])
+    header = {"format": "cryolens.embedding_index", "version": 1, "dim": 4, "n": 3, "dtype": "float32"}
+    meta = idx.metadata.to_json(orient="table", index=False)
+    np.savez(tmp_path / "old.npz", embeddings=idx.embeddings.numpy(),
+             header=np.frombuffer(json.dumps(header).encode(), np.uint8), metadata=np.frombuffer(meta.encode(), np.uint8))
+    back = EmbeddingIndex.load(tmp_path / "old.npz")
+    assert torch.equal(back.embeddings, idx.embeddings) and back.labels().tolist() == [1, 2, 3]

@@ -1,15 +1,18 @@
 """The map library: references rendered like class averages, incremental, versioned files."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import shared_path
+from cryolens.core.artifacts import array_text, text_array
 from cryolens.core.correlate import ncc_search
 from cryolens.core.errors import InputError
 from cryolens.core.geometry import euler_to_matrix
-from cryolens.core.identify.library import Library, fibonacci_views
+from cryolens.core.identify.library import Decoys, Library, fibonacci_views
 from cryolens.core.projector import Projector
 from cryolens.core.simulate.proteins import random_phantom
 
@@ -57,7 +60,8 @@ def test_bad_library_files(tmp_path):
     path = lib.save(tmp_path / "v.npz")
     with np.load(path) as z:
         parts = dict(z)
-    parts["header"] = np.array(str(parts["header"]).replace('"version": 2', '"version": 9'))
+    header = array_text(parts["header"]).replace('"version": 2', '"version": 9')
+    parts["header"] = text_array(header)
     np.savez(tmp_path / "v9.npz", **parts)
     with pytest.raises(InputError, match="v9"):
         Library.load(tmp_path / "v9.npz")
@@ -68,3 +72,32 @@ def test_user_map_from_shared_data(tmp_path):
     lib = Library(48, 4.0, n_views=10)
     lib.add_map_file(path, name="TRPV1", accession="EMD-5778")
     assert lib.references.shape == (10, 48, 48) and np.isfinite(lib.references.astype(np.float32)).all()
+
+
+def test_decoys_travel_with_the_library(tmp_path):
+    lib = Library(B, PX, n_views=2)
+    lib.add_volume(random_phantom(1, box=B, pixel_size=PX, kind="complex").density, "a")
+    refs = np.random.default_rng(0).standard_normal((6, B, B)).astype(np.float16)
+    emb = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
+    lib.decoys = Decoys(refs, 3, ["d0", "d1"], emb, "abc")
+    back = Library.load(lib.save(tmp_path / "lib.npz"))
+    assert np.array_equal(back.decoys.references, refs) and back.decoys.references.dtype == np.float16
+    assert np.array_equal(back.decoys.embeddings, emb) and back.decoys.embeddings.dtype == np.float32
+    assert back.decoys.embedding_model == "abc" and back.decoys.names == ["d0", "d1"] and len(back.decoys) == 2
+    assert back.decoys.entry_of_reference().tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_a_library_written_by_the_previous_cryolens_loads(tmp_path):
+    """As libraries were written before core.artifacts: format cryolens-library, text as numpy
+    unicode, no decoys (``prepare_library`` adds them)."""
+    lib = Library(B, PX, n_views=2)
+    lib.add_volume(random_phantom(2, box=B, pixel_size=PX, kind="complex").density, "a", accession="EMD-1")
+    header = {"format": "cryolens-library", "version": 2, "box": B, "pixel_size": PX, "resolution_A": 15.0,
+              "n_views": 2, "embedding_model": ""}
+    with open(tmp_path / "old.npz", "wb") as fh:
+        np.savez(fh, header=np.array(json.dumps(header)), entries=np.array(lib.entries.to_json(orient="table")),
+                 views=np.array(lib.views.to_json(orient="table")), references=lib.references,
+                 embeddings=np.zeros((0, 0), np.float16))
+    back = Library.load(tmp_path / "old.npz")
+    assert back.entries["accession"].tolist() == ["EMD-1"] and np.array_equal(back.references, lib.references)
+    assert back.decoys is None and back.embeddings is None

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cryolens.core.nn import (PixelDropout, RandomHistogramShift, RandomLowpass, RandomResizedCrop, RandomRotation,
-                              RandomTranslation, SoftCircularMask, build_encoder, build_loss, count_parameters,
-                              encoder_from_config, mine_triplets, pairwise_distance, seed000_augment)
+                              RandomTranslation, SoftCircularMask, build_encoder, build_loss, class_average_augment,
+                              count_parameters, encoder_from_config, mine_triplets, pairwise_distance)
 from cryolens.core.nn.losses import LOSSES
 
 torch.set_num_threads(2)
@@ -129,7 +129,7 @@ def test_loss_registry():
 # ------------------------------------------------------------------------------------- augment
 
 OPS = [RandomResizedCrop(), RandomRotation(180), RandomTranslation(0.1), RandomHistogramShift(), PixelDropout(0.2),
-       RandomLowpass(), SoftCircularMask(0.8), RandomRotation(90, p=0.5), seed000_augment()]
+       RandomLowpass(), SoftCircularMask(0.8), RandomRotation(90, p=0.5), class_average_augment()]
 
 
 @pytest.mark.parametrize("op", OPS, ids=lambda o: type(o).__name__)
@@ -148,14 +148,14 @@ def test_augment_keeps_shape_dtype_and_is_seeded(op, shape):
 
 def test_augment_float64():
     x = torch.randn(3, 32, 32, dtype=torch.float64)
-    assert seed000_augment()(x, torch.Generator().manual_seed(0)).dtype == torch.float64
+    assert class_average_augment()(x, torch.Generator().manual_seed(0)).dtype == torch.float64
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 def test_augment_cuda_matches_cpu():
     x = torch.randn(4, 32, 32)
-    a = seed000_augment()(x, torch.Generator().manual_seed(1))
-    b = seed000_augment()(x.cuda(), torch.Generator().manual_seed(1))
+    a = class_average_augment()(x, torch.Generator().manual_seed(1))
+    b = class_average_augment()(x.cuda(), torch.Generator().manual_seed(1))
     assert b.is_cuda
     torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=1e-4)
 
@@ -216,3 +216,20 @@ def test_translation_and_mask():
     assert cy.abs().max() <= 0.1 * box + 1e-4 and cy.abs().max() > 0.07 * box
     m = SoftCircularMask(0.5, width_px=3)(torch.ones(2, box, box))
     assert m[0, box // 2, box // 2] == 1 and m[0, 0, 0] == 0
+
+
+def test_run_batched_batches_restores_the_mode_and_stops():
+    from cryolens.core.errors import JobAborted
+    from cryolens.core.nn import run_batched
+
+    m = torch.nn.Linear(4, 2)
+    x = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    y = run_batched(m, x, batch_size=3)
+    torch.testing.assert_close(y, m(x).detach())
+    assert m.training and not y.requires_grad
+    logit, emb = run_batched(m, x, lambda b: (m(b)[:, 0], m(b)), batch_size=4, prepare=lambda b: b * 2)
+    assert logit.shape == (10,) and emb.shape == (10, 2)
+    torch.testing.assert_close(emb, m(2 * x).detach())
+    with pytest.raises(JobAborted):
+        run_batched(m, x, should_stop=lambda: True)
+    assert m.training

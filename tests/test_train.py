@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cryolens.core.nn import build_encoder, build_loss, seed000_augment
+from cryolens.core.nn import build_encoder, build_loss, class_average_augment
 from cryolens.core.train import TrainConfig, Validation, evaluate, load_checkpoint, load_encoder, train
 from ddp_worker import ShapeSource, shape_images
 
@@ -59,7 +59,7 @@ def test_learns_to_separate_shapes(tmp_path):
 
 @pytest.mark.parametrize("vit", [False, True], ids=["resnet", "vit_dropout"])
 def test_same_seed_same_weights(vit):
-    aug = seed000_augment()
+    aug = class_average_augment()
     cfg = TrainConfig(steps=4, lr=1e-3, seed=1, device="cpu")
     a, b, c = _tiny(0, vit), _tiny(0, vit), _tiny(0, vit)
     train(a, build_loss("triplet"), ShapeSource(per_class=3), cfg, augment=aug)
@@ -72,7 +72,7 @@ def test_same_seed_same_weights(vit):
 
 @pytest.mark.parametrize("vit", [False, True], ids=["resnet", "vit_dropout"])
 def test_abort_then_resume_equals_uninterrupted(tmp_path, vit):
-    aug = seed000_augment()
+    aug = class_average_augment()
     loss = build_loss("triplet", margin=0.3)
     full = _tiny(0, vit)
     cfg = TrainConfig(steps=8, lr=1e-3, warmup_steps=2, seed=4, device="cpu")

@@ -1,38 +1,61 @@
 """Decoy proteins: a fixed set of phantoms (fixed seed, never part of any library) rendered at a
 library's sampling. A class's scores against them give the null distribution that makes the
-confidence independent of how many entries a library has (``score.confidence_features``)."""
+confidence independent of how many entries a library has (``score.confidence_features``).
+
+The decoys are rendered once per library and stored in it with their embeddings
+(``prepare_library``), so scoring never runs the simulator; this module is the one place of the
+identify capability that imports it.
+"""
 from __future__ import annotations
 
-import numpy as np
-import torch
+import os
+from typing import Callable
 
-from .library import Library
-from .model import IdentityModel, embed_images
+from .library import Decoys, Library
+from .model import IdentityModel, embed_decoys, embed_library
 
 N_DECOYS, DECOY_SEED, DECOY_VIEWS = 16, 90_210_417, 48
 
-_DECOYS: dict[tuple, Library] = {}
+
+def build_decoys(library: Library) -> Decoys:
+    """The fixed decoy proteins rendered like ``library``'s references (its box, pixel size and
+    resolution; ``DECOY_VIEWS`` views each, on the CPU)."""
+    from ..simulate.proteins import phantom_library
+
+    lib = Library(library.box, library.pixel_size, library.resolution_A, DECOY_VIEWS)
+    for ph in phantom_library(N_DECOYS, seed=DECOY_SEED, box=library.box, pixel_size=library.pixel_size):
+        lib.add_volume(ph.density, ph.name, source="decoy")
+    return Decoys(lib.references, DECOY_VIEWS, lib.entries["name"].astype(str).tolist())
 
 
-def decoy_library(box: int, pixel_size: float, resolution_A: float) -> Library:
-    """The fixed decoy proteins at a library's sampling (cached per process)."""
-    key = (box, round(pixel_size, 4), round(resolution_A, 3))
-    if key not in _DECOYS:
-        from ..simulate.proteins import phantom_library
+def prepare_library(library: Library, model: IdentityModel | None, path: str | os.PathLike | None = None,
+                    log: Callable[[str], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> bool:
+    """Give ``library`` what scoring reads: its decoys and, under ``model`` (None: the correlation
+    mode, which needs no embeddings), the embeddings of its references and decoys. Only what is
+    missing is made. When something was added and ``path`` is given, the library is saved back
+    there (atomically), so the next job finds it ready; a library that cannot be written (a
+    read-only place) is used as it is. Returns whether anything was added."""
+    changed = False
+    if library.decoys is None:
+        if log:
+            log(f"rendering the {N_DECOYS} decoy proteins at the library's sampling (once per library)")
+        library.decoys = build_decoys(library)
+        changed = True
+    if model is not None and library.references is not None:
+        before = (library.embedding_model, _count(library.embeddings), library.decoys.embedding_model)
+        embed_library(library, model, log, should_stop)
+        embed_decoys(library.decoys, model, log, should_stop)
+        changed |= before != (library.embedding_model, _count(library.embeddings), library.decoys.embedding_model)
+    if changed and path is not None:
+        try:
+            library.save(path)
+        except OSError as err:
+            if log:
+                log(f"{path}: could not save the prepared library ({err.strerror or err}); "
+                    f"it will be prepared again next time")
+    return changed
 
-        lib = Library(box, pixel_size, resolution_A, DECOY_VIEWS)
-        for ph in phantom_library(N_DECOYS, seed=DECOY_SEED, box=box, pixel_size=pixel_size):
-            lib.add_volume(ph.density, ph.name, source="decoy")
-        _DECOYS[key] = lib
-    return _DECOYS[key]
 
-
-_DECOY_EMB: dict[tuple, torch.Tensor] = {}
-
-
-def _decoy_embeddings(decoys: Library, model: IdentityModel) -> torch.Tensor:
-    key = (id(decoys), model.fingerprint())
-    if key not in _DECOY_EMB:
-        _DECOY_EMB[key] = embed_images(model.encoder, torch.from_numpy(decoys.references.astype(np.float32)))
-    return _DECOY_EMB[key]
-
+def _count(a) -> int:
+    return 0 if a is None else len(a)

@@ -8,8 +8,12 @@ name, accession ID and provenance. Adding a map never recomputes the others. The
 embeddings under one identity model (``core.identify``) are stored with the fingerprint of that
 model, and only new references are embedded when entries are added.
 
-Saved as one ``.npz`` (no pickles): references (float16), per-view table, per-entry table and a
-JSON header with the format version.
+A library also carries its decoys (``core.identify.decoys``: fixed proteins that are in no
+library, rendered at its sampling, the null distribution of the confidence) and their embeddings,
+so that scoring needs neither the simulator nor a second pass over them.
+
+Saved as one ``.npz`` of ``core.artifacts`` (format ``cryolens.library``; no pickles): references
+(float16), per-view table, per-entry table, embeddings and the decoys.
 """
 from __future__ import annotations
 
@@ -23,14 +27,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..atomic import atomic_path
+from ..artifacts import LIBRARY, array_text, load_npz, save_npz, text_array
 from ..errors import InputError
 from ..geometry import euler_to_matrix
 from ..images import lowpass, normalize_in_mask, soft_circular_mask
 from ..projector import Projector
-
-FORMAT, VERSION = "cryolens-library", 2
-
 
 def fibonacci_views(n: int) -> np.ndarray:
     """(n, 3) RELION (rot, tilt, psi=0) angles whose view directions cover the sphere evenly."""
@@ -54,6 +55,37 @@ def render_references(volume: np.ndarray, pixel_size: float, n_views: int = 200,
 
 
 @dataclass
+class Decoys:
+    """The decoy proteins rendered like the library's references (``n_views`` per protein, in
+    order), with their embeddings under one identity model (float32, as embedded)."""
+
+    references: np.ndarray  # (n_decoys * n_views, box, box) float16
+    n_views: int
+    names: list[str] = field(default_factory=list)
+    embeddings: np.ndarray | None = None  # (n_decoys * n_views, dim) float32
+    embedding_model: str = ""  # fingerprint of the model that made them
+
+    def __len__(self) -> int:
+        return len(self.references) // self.n_views
+
+    def entry_of_reference(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self), dtype=np.int64), self.n_views)
+
+    def header(self) -> dict:
+        return {"n_views": self.n_views, "names": list(self.names), "embedding_model": self.embedding_model}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        emb = self.embeddings if self.embeddings is not None else np.zeros((0, 0), np.float32)
+        return {"decoy_references": self.references, "decoy_embeddings": emb}
+
+    @classmethod
+    def from_file(cls, header: dict, arrays: dict[str, np.ndarray]) -> "Decoys":
+        emb = arrays["decoy_embeddings"]
+        return cls(arrays["decoy_references"], int(header["n_views"]), list(header.get("names", [])),
+                   emb if emb.size else None, header.get("embedding_model", ""))
+
+
+@dataclass
 class Library:
     box: int
     pixel_size: float
@@ -65,6 +97,7 @@ class Library:
     references: np.ndarray | None = None  # (n_entries * n_views, box, box) float16
     embeddings: np.ndarray | None = None  # (n_embedded, dim) float16, the first references' embeddings
     embedding_model: str = ""  # fingerprint of the model that made them
+    decoys: Decoys | None = None  # the null proteins at this library's sampling (``decoys.build_decoys``)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -101,40 +134,34 @@ class Library:
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        header = {"format": FORMAT, "version": VERSION, "box": self.box, "pixel_size": self.pixel_size,
-                  "resolution_A": self.resolution_A, "n_views": self.n_views,
-                  "embedding_model": self.embedding_model}
-        emb = self.embeddings if self.embeddings is not None else np.zeros((0, 0), np.float16)
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, header=np.array(json.dumps(header)),
-                         entries=np.array(self.entries.to_json(orient="table")),
-                         views=np.array(self.views.to_json(orient="table")),
-                         references=self.references if self.references is not None
-                         else np.zeros((0, self.box, self.box), np.float16), embeddings=emb)
-        return path
+        """One ``.npz`` (format ``cryolens.library``, ``core.artifacts``), written atomically."""
+        header = {"box": self.box, "pixel_size": self.pixel_size, "resolution_A": self.resolution_A,
+                  "n_views": self.n_views, "embedding_model": self.embedding_model}
+        arrays = {"entries": text_array(self.entries.to_json(orient="table")),
+                  "views": text_array(self.views.to_json(orient="table")),
+                  "references": self.references if self.references is not None
+                  else np.zeros((0, self.box, self.box), np.float16),
+                  "embeddings": self.embeddings if self.embeddings is not None else np.zeros((0, 0), np.float16)}
+        if self.decoys is not None:
+            header["decoys"] = self.decoys.header()
+            arrays.update(self.decoys.arrays())
+        return save_npz(path, LIBRARY, header, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Library":
-        path = Path(path)
-        if not path.is_file():
-            raise InputError("library file not found", path)
+        """A saved library; one written by cryolens before the decoys were stored in it loads
+        without them (``decoys.prepare_library`` adds them)."""
+        header, z = load_npz(path, LIBRARY)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                header = json.loads(str(z["header"]))
-                entries = pd.read_json(io.StringIO(str(z["entries"])), orient="table")
-                views = pd.read_json(io.StringIO(str(z["views"])), orient="table")
-                refs = z["references"]
-                emb = z["embeddings"]
+            lib = cls(header["box"], header["pixel_size"], header["resolution_A"], header["n_views"])
+            lib.entries = pd.read_json(io.StringIO(array_text(z["entries"])), orient="table") \
+                .reset_index(drop=True).astype({"entry": np.int64})
+            lib.views = pd.read_json(io.StringIO(array_text(z["views"])), orient="table") \
+                .reset_index(drop=True).astype({"entry": np.int64})
+            refs, emb = z["references"], z["embeddings"]
+            lib.decoys = Decoys.from_file(header["decoys"], z) if "decoys" in header else None
         except Exception as exc:
-            raise InputError(f"not a cryolens library ({type(exc).__name__}: {exc})", path) from None
-        if header.get("format") != FORMAT or header.get("version") != VERSION:
-            raise InputError(f"library format {header.get('format')} v{header.get('version')} is not "
-                             f"{FORMAT} v{VERSION} (rebuild it with this cryolens)", path)
-        lib = cls(header["box"], header["pixel_size"], header["resolution_A"], header["n_views"])
-        lib.entries = entries.reset_index(drop=True).astype({"entry": np.int64})
-        lib.views = views.reset_index(drop=True).astype({"entry": np.int64})
+            raise InputError(f"damaged library ({type(exc).__name__}: {exc})", path) from None
         lib.references = refs if len(refs) else None
         lib.embeddings = emb if emb.size else None
         lib.embedding_model = header.get("embedding_model", "")
@@ -142,4 +169,7 @@ class Library:
         if len(lib.views) != n_ref or (lib.embeddings is not None and len(lib.embeddings) > n_ref):
             raise InputError(f"damaged library: {len(lib.views)} views, {n_ref} references, "
                              f"{0 if lib.embeddings is None else len(lib.embeddings)} embeddings", path)
+        if lib.decoys is not None and lib.decoys.references.shape[1:] != (lib.box, lib.box):
+            raise InputError(f"damaged library: decoys of {lib.decoys.references.shape[1:]} px, "
+                             f"references of {(lib.box, lib.box)}", path)
         return lib

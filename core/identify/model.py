@@ -1,5 +1,6 @@
-"""The identity model: an embedding encoder with per-mode confidence calibration, and the one
-batched embedder of class averages and library references under it."""
+"""The identity model: an embedding encoder with per-mode confidence calibration, and the
+embedding of class averages, library references and decoys under it (``core.nn.run_batched``
+with the four 90-degree rotations as test-time augmentation)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..artifacts import CHECKPOINT, load_torch, save_torch
 from ..errors import CryolensError, InputError
-from .library import Library
+from ..nn.embed import run_batched
+from .library import Decoys, Library
 
 MODES = ("embedding", "correlation", "combined")
 TASK = "identify"
@@ -38,31 +41,22 @@ class IdentityModel:
 
     def save(self, path: str | os.PathLike, half: bool = True) -> Path:
         """A weights-only checkpoint (format ``cryolens.checkpoint``, task ``identify``)."""
-        from ..atomic import atomic_path
-        from ..train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
-
         state = {k: (v.half() if half and v.is_floating_point() else v).cpu()
                  for k, v in self.encoder.state_dict().items()}
-        ck = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": TASK,
-              "model_config": dict(self.encoder.config), "model": state,
-              "calibration": {m: [float(x) for x in w] for m, w in self.calibration.items()},
-              "meta": self.meta}
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save(ck, tmp)
-        return path
+        return save_torch(path, CHECKPOINT, {
+            "task": TASK, "model_config": dict(self.encoder.config), "model": state,
+            "calibration": {m: [float(x) for x in w] for m, w in self.calibration.items()}, "meta": self.meta})
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device="cpu") -> "IdentityModel":
         """Load a model file; ``None``: the default weights shipped with cryolens."""
         from ..nn.encoders import encoder_from_config
-        from ..train import load_checkpoint
 
         if path is None:
             from ..weights import default_weights
 
             path = default_weights(TASK)
-        ck = load_checkpoint(path)
+        ck = load_torch(path, CHECKPOINT)
         if ck.get("task", TASK) != TASK:
             raise InputError(f"this is a {ck.get('task')!r} model, not an identity model", path)
         enc = encoder_from_config(ck["model_config"])
@@ -70,26 +64,20 @@ class IdentityModel:
         return cls(enc.to(device).eval(), dict(ck.get("calibration") or {}), dict(ck.get("meta") or {}), str(path))
 
 
-@torch.no_grad()
 def embed_images(encoder: torch.nn.Module, images, batch_size: int = 256, tta: bool = True,
                  should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """(N, D) L2-normalised embeddings on the CPU. ``tta``: the mean over the four exact 90-degree
     rotations (the encoder is trained rotation-invariant; this removes what is left)."""
     images = torch.as_tensor(images)
-    dev = next(encoder.parameters()).device
-    was = encoder.training
-    encoder.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        if should_stop is not None and should_stop():
-            from ..errors import JobAborted
+    if not len(images):
+        return torch.zeros((0, encoder.config["embed_dim"]))
 
-            raise JobAborted()
-        x = images[i:i + batch_size].to(dev, torch.float32)
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
         e = sum(encoder(torch.rot90(x, k, (-2, -1))) for k in range(4 if tta else 1))
-        out.append(torch.nn.functional.normalize(e.float(), dim=1).cpu())
-    encoder.train(was)
-    return torch.cat(out) if out else torch.zeros((0, encoder.config["embed_dim"]))
+        return torch.nn.functional.normalize(e.float(), dim=1)
+
+    return run_batched(encoder, images, forward, batch_size, should_stop=should_stop)
 
 
 def embed_library(library: Library, model: IdentityModel, log: Callable[[str], None] | None = None,
@@ -110,3 +98,16 @@ def embed_library(library: Library, model: IdentityModel, log: Callable[[str], N
         library.embedding_model = fp
     return library.embeddings
 
+
+def embed_decoys(decoys: Decoys, model: IdentityModel, log: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    """The decoys' embeddings under ``model`` (float32, kept as embedded): those ``decoys`` hold
+    when they are this model's, else embedded now and stored in ``decoys``."""
+    fp = model.fingerprint()
+    if decoys.embeddings is None or decoys.embedding_model != fp:
+        if log:
+            log(f"embedding {len(decoys.references)} decoy references")
+        decoys.embeddings = embed_images(model.encoder, torch.from_numpy(decoys.references.astype(np.float32)),
+                                         should_stop=should_stop).numpy()
+        decoys.embedding_model = fp
+    return decoys.embeddings

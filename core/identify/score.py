@@ -19,8 +19,6 @@ of how many entries the user's library has.
 """
 from __future__ import annotations
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,9 +31,8 @@ from ..correlate import ncc_search
 from ..errors import CryolensError
 from ..images import normalize_in_mask, resample_images, soft_circular_mask
 from ..index import EmbeddingIndex, group_max
-from .decoys import _decoy_embeddings, decoy_library
 from .library import Library
-from .model import MODES, SHORTLIST, IdentityModel, embed_images, embed_library
+from .model import MODES, SHORTLIST, IdentityModel, embed_decoys, embed_images, embed_library
 
 
 # ---------------------------------------------------------------------------------------- queries
@@ -103,15 +100,19 @@ def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined
                   model: IdentityModel | None = None, shortlist: int = SHORTLIST, n_psi: int = 36,
                   log: Callable[[str], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, keep_refs: bool = False) -> EntryScores:
-    """Score prepared queries (``prepare_queries``) against every entry, and against the decoys.
-    ``keep_refs``: also return every per-reference score (-inf where not computed)."""
+    """Score prepared queries (``prepare_queries``) against every entry, and against the library's
+    decoys (``decoys.prepare_library`` puts them in; embeddings under another model than the
+    library holds are made here, in memory). ``keep_refs``: also return every per-reference score
+    (-inf where not computed)."""
     if mode not in MODES:
         raise CryolensError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
     if mode != "correlation" and model is None:
         raise CryolensError(f"mode {mode} needs an identity model")
+    decoys = library.decoys
+    if decoys is None:
+        raise CryolensError("the library has no decoys: run prepare_library (core.identify.decoys) on it first")
     E = len(library)
     ent = library.entry_of_reference()
-    decoys = decoy_library(library.box, library.pixel_size, library.resolution_A)
     dent = decoys.entry_of_reference()
     Q = queries.shape[0]
     if mode in ("embedding", "combined"):
@@ -121,7 +122,7 @@ def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined
         index.add(torch.from_numpy(lib_emb.astype(np.float32)))
         emb_s, emb_arg = (t.numpy() for t in index.group_max(q_emb, ent, E))
         d_index = EmbeddingIndex(lib_emb.shape[1])
-        d_index.add(_decoy_embeddings(decoys, model))
+        d_index.add(torch.from_numpy(embed_decoys(decoys, model, log, should_stop)))
         emb_d = d_index.group_max(q_emb, dent, len(decoys))[0].numpy()
         if mode == "embedding":
             full = (q_emb @ torch.from_numpy(lib_emb.astype(np.float32)).T).numpy() if keep_refs else None
@@ -139,7 +140,7 @@ def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined
     kept: list = []
     s, arg, psi = _ncc_groups(queries, refs, ent, E, library, n_psi, kept if keep_refs else None, need, should_stop)
     full = kept[0] if keep_refs else None
-    d = _ncc_groups(queries, decoys.references, dent, len(decoys), decoys, n_psi)[0]
+    d = _ncc_groups(queries, decoys.references, dent, len(decoys), library, n_psi)[0]
     return EntryScores(s, arg, psi, d, full)
 
 

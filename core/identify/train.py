@@ -1,5 +1,7 @@
-"""The identity model's training recipe (seed 000): synthetic pretraining on many phantom
-proteins, then optional mixed synthetic/real fine-tuning, then confidence calibration.
+"""The identity model's training recipe, after the two-stage domain-mixed training of Kuczbanski
+et al., "Learning image representation for limited cryo-EM data" (synthetic pretraining with a
+triplet loss, then fine-tuning on mixed synthetic and real class averages), plus confidence
+calibration.
 
 Stage I. For each of many phantom proteins, clusters of nearby views (a few degrees apart, what
 one 2D class gathers) are projected once. A batch holds G groups, each one cluster of one
@@ -8,8 +10,9 @@ residual noise, envelope, low-pass, mask), one rendered like a library reference
 the group, so the triplet loss (all margin-violating triplets) pulls a class average onto the
 reference projections of the same protein at the same view and pushes other proteins and other
 views away: retrieval then asks "which reference does this class look like", which carries over
-to proteins never seen in training. The seed-000 augmentations (rotation to 180 degrees,
-translation, crop, low-pass, histogram, dropout, mask) make it invariant to what classes vary.
+to proteins never seen in training. The paper's augmentations (rotation to 180 degrees,
+translation, crop, low-pass, histogram, dropout, mask; ``nn.class_average_augment``) make it
+invariant to what classes vary.
 
 Stage II (when labelled real class averages exist). Every real class is paired with the three
 reference projections of its labelled entry that correlate best with it (its view); batches are
@@ -22,7 +25,6 @@ classes are scored in every mode; a logistic model of P(top-1 right) is fitted p
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -35,7 +37,9 @@ from ..geometry import euler_to_matrix, uniform_orientations
 from ..images import resample_images
 from ..calibration import fit_logistic, logistic
 from ..projector import Projector
+from ..runtime import is_main_process
 from ..simulate.classes import class_average_like
+from .decoys import build_decoys
 from .library import Library
 from .model import MODES, IdentityModel
 from .score import confidence_features, decoy_z, prepare_queries, score_entries
@@ -52,7 +56,7 @@ class RecipeConfig:
     groups: int = 48                # groups per batch
     per_group: int = 4              # images per group (one reference-like)
     steps: int = 2000
-    lr: float = 1e-3                # 1e-4 (the seed's, for a ViT-Base) is slow for a small CNN
+    lr: float = 1e-3                # 1e-4 (the paper's, for a ViT-Base) is slow for a small CNN
     lr_min: float = 1e-6
     margin: float = 0.2
     encoder: str = "resnet_tiny"
@@ -202,6 +206,7 @@ def calibrate(model: IdentityModel, known, unknown, cfg: RecipeConfig, log: Call
               modes=MODES) -> dict[str, Any]:
     """Fit the per-mode confidence calibration on held-out proteins; return the figures."""
     lib = _library_of(known, cfg.box, cfg.pixel_size, n_views=48)
+    lib.decoys = build_decoys(lib)
     qk, nk = simulated_queries(known, 4 * len(known), cfg.box, cfg.pixel_size, cfg.seed + 11)
     qu, nu = simulated_queries(unknown, 2 * len(unknown), cfg.box, cfg.pixel_size, cfg.seed + 12, junk=8)
     images = np.concatenate([qk, qu])
@@ -274,34 +279,66 @@ def _validation(val, cfg: RecipeConfig, seed: int):
                       lib.entry_of_reference())
 
 
-def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: tuple | None = None,
-                   log: Callable[[str], None] = print, should_stop: Callable[[], bool] | None = None,
-                   phantoms: list | None = None, calibrate_only: bool = False) -> tuple[IdentityModel, dict[str, Any]]:
-    """Run the recipe. ``real``: (images (N, b, b) at ``real_pixel_size``, labels (entry names),
-    Library, real_pixel_size) for stage II; ``init``: start from this model (stage II only on
-    top of a stage-I model, as the seed does). Returns the model and a report."""
-    from ..nn import TripletMarginLoss, build_encoder, seed000_augment
-    from ..simulate.proteins import phantom_library
-    from ..train import TrainConfig, train
+@dataclass
+class RealClasses:
+    """Labelled real class averages for stage II: ``images`` (N, b, b) at ``pixel_size``, and per
+    class the name of its ``library`` entry."""
 
-    t0 = time.perf_counter()
-    report: dict[str, Any] = {"config": dict(vars(cfg))}
+    images: np.ndarray
+    labels: np.ndarray
+    library: Library
+    pixel_size: float
+
+
+def _recipe_phantoms(cfg: RecipeConfig, phantoms: list | None, log: Callable[[str], None]) -> tuple[list, list, list]:
+    """The recipe's phantom proteins (made from ``cfg.seed`` unless given): (training, validation
+    and calibration library, missing from the calibration library)."""
+    from ..simulate.proteins import phantom_library
+
     n_total = cfg.n_proteins + cfg.n_val + cfg.n_unknown
     if phantoms is None:
         log(f"building {n_total} phantom proteins ({cfg.box} px, {cfg.pixel_size} A/px)")
         phantoms = phantom_library(n_total, seed=cfg.seed, box=cfg.box, pixel_size=cfg.pixel_size)
-    train_ph = phantoms[: cfg.n_proteins]
-    val_ph = phantoms[cfg.n_proteins: cfg.n_proteins + cfg.n_val]
-    unk_ph = phantoms[cfg.n_proteins + cfg.n_val: n_total]
+    return (phantoms[: cfg.n_proteins], phantoms[cfg.n_proteins: cfg.n_proteins + cfg.n_val],
+            phantoms[cfg.n_proteins + cfg.n_val: n_total])
+
+
+def calibrate_identity(cfg: RecipeConfig, init: IdentityModel, log: Callable[[str], None] = print,
+                       phantoms: list | None = None) -> tuple[IdentityModel, dict[str, Any]]:
+    """A new calibration of ``init`` (weights untouched) on the held-out proteins of the recipe
+    ``cfg`` (give the values it was trained with). Returns the model and a report."""
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {"config": dict(vars(cfg))}
+    _, val_ph, unk_ph = _recipe_phantoms(cfg, phantoms, log)
     report["phantoms_seconds"] = time.perf_counter() - t0
-    if calibrate_only:  # a new calibration of ``init`` on the recipe's held-out proteins
+    model = IdentityModel(init.encoder, {}, dict(init.meta))
+    report["calibration"] = calibrate(model, val_ph, unk_ph, cfg, log)
+    report["total_seconds"] = time.perf_counter() - t0
+    model.meta.setdefault("stages", []).append({"stage": "calibration", "config": report["config"]})
+    return model, report
+
+
+def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: RealClasses | None = None,
+                   log: Callable[[str], None] = print, should_stop: Callable[[], bool] | None = None,
+                   phantoms: list | None = None, calibrate_only: bool = False) -> tuple[IdentityModel, dict[str, Any]]:
+    """Run the recipe. ``real``: labelled real classes for stage II; ``init``: start from this
+    model (stage II only on top of a stage-I model, as the paper does). Under torchrun, rank 0
+    alone calibrates. Returns the model and a report. (``calibrate_only``: ``calibrate_identity``,
+    kept for the command line; a ``real`` tuple (images, labels, library, pixel size) is read as
+    ``RealClasses``.)"""
+    from ..nn import TripletMarginLoss, build_encoder, class_average_augment
+    from ..train import TrainConfig, train
+
+    if calibrate_only:
         if init is None:
             raise ValueError("calibrate_only needs an initial model")
-        model = IdentityModel(init.encoder, {}, dict(init.meta))
-        report["calibration"] = calibrate(model, val_ph, unk_ph, cfg, log)
-        report["total_seconds"] = time.perf_counter() - t0
-        model.meta.setdefault("stages", []).append({"stage": "calibration", "config": report["config"]})
-        return model, report
+        return calibrate_identity(cfg, init, log, phantoms)
+    if isinstance(real, tuple):
+        real = RealClasses(*real)
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {"config": dict(vars(cfg))}
+    train_ph, val_ph, unk_ph = _recipe_phantoms(cfg, phantoms, log)
+    report["phantoms_seconds"] = time.perf_counter() - t0
     data = build_view_clusters([p.density for p in train_ph], [p.name for p in train_ph], cfg.n_clusters,
                                cfg.per_cluster, cfg.cluster_spread_deg, cfg.pixel_size, seed=cfg.seed + 1)
     validation = _validation(val_ph, cfg, cfg.seed + 2)
@@ -312,14 +349,7 @@ def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: t
         torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
         encoder = build_encoder(cfg.encoder, embed_dim=cfg.embed_dim, in_size=cfg.in_size)
     if real is not None:
-        images, labels, lib, real_px = real
-        q = prepare_queries(images, real_px, lib)
-        partners = best_references(q, np.asarray(labels), lib)
-        # batches mix both domains: bring the library's sampling to the synthetic data's
-        refs = resample_images(torch.from_numpy(lib.references.astype(np.float32)), lib.pixel_size,
-                               cfg.pixel_size, cfg.box).numpy()
-        q = resample_images(q, lib.pixel_size, cfg.pixel_size, cfg.box)
-        source = MixedSource(source, q, np.asarray(labels), partners, refs, cfg.groups, cfg.seed + 4)
+        source = _mixed_source(source, real, cfg)
     stage = "II (mixed synthetic/real)" if real is not None else "I (synthetic)"
     log(f"stage {stage}: {cfg.steps} steps of {cfg.groups} x {cfg.per_group} images, {cfg.encoder}")
 
@@ -330,7 +360,7 @@ def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: t
 
     tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, lr_min=cfg.lr_min, seed=cfg.seed, device=cfg.device,
                      checkpoint_dir=cfg.checkpoint_dir, val_every=cfg.val_every, log_every=50)
-    res = train(encoder, TripletMarginLoss(cfg.margin, "all"), source, tc, augment=seed000_augment(),
+    res = train(encoder, TripletMarginLoss(cfg.margin, "all"), source, tc, augment=class_average_augment(),
                 validation=validation, on_log=on_log, should_stop=should_stop)
     if res.best_checkpoint is not None:
         from ..train import load_checkpoint
@@ -342,13 +372,25 @@ def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: t
                        "last": res.last_metrics, "seconds": last.get("seconds", 0.0), "world": last.get("world", 1)}
     model = IdentityModel(encoder, dict(init.calibration) if init is not None else {},
                           dict(init.meta) if init is not None else {})
-    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 calibrates and writes the model
+    if not is_main_process():  # torchrun: rank 0 calibrates and writes the model
         return model, report
     report["calibration"] = calibrate(model, val_ph, unk_ph, cfg, log)
     report["total_seconds"] = time.perf_counter() - t0
     model.meta.setdefault("stages", []).append({"stage": stage, "steps": res.step, "config": report["config"],
                                                  "best_val_top1": res.best_metric})
     return model, report
+
+
+def _mixed_source(synthetic: StageOneSource, real: RealClasses, cfg: RecipeConfig) -> MixedSource:
+    """Stage II batches: each real class with its best-correlating references, brought to the
+    synthetic data's sampling so that both domains share a batch."""
+    lib = real.library
+    q = prepare_queries(real.images, real.pixel_size, lib)
+    partners = best_references(q, np.asarray(real.labels), lib)
+    refs = resample_images(torch.from_numpy(lib.references.astype(np.float32)), lib.pixel_size,
+                           cfg.pixel_size, cfg.box).numpy()
+    q = resample_images(q, lib.pixel_size, cfg.pixel_size, cfg.box)
+    return MixedSource(synthetic, q, np.asarray(real.labels), partners, refs, cfg.groups, cfg.seed + 4)
 
 
 def best_references(q: torch.Tensor, labels: np.ndarray, lib: Library, n: int = 3) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Batched image augmentations for cryo-EM images and class averages (seed 000's pipeline).
+"""Batched image augmentations for cryo-EM images and class averages, among them the pipeline of
+Kuczbanski et al., "Learning image representation for limited cryo-EM data" (``class_average_augment``).
 
 Every op takes (B, H, W) or (B, C, H, W) float images on any device and a ``torch.Generator``;
 each sample is transformed with probability ``p`` and its random parameters are drawn from the
@@ -154,7 +155,7 @@ class RandomHistogramShift(Augment):
 
 
 class PixelDropout(Augment):
-    """Set each pixel to ``fill`` with probability ``rate`` (seed 000: 0.2)."""
+    """Set each pixel to ``fill`` with probability ``rate`` (0.2 in Kuczbanski et al.)."""
 
     def __init__(self, rate: float = 0.2, fill: float = 0.0, p: float = 1.0):
         self.rate, self.fill, self.p = float(rate), float(fill), float(p)
@@ -199,11 +200,12 @@ class SoftCircularMask(Augment):
         return apply_soft_mask(x, frac * box / 2, self.width_px)
 
 
-def seed000_augment(p_crop: float = 0.5, p_affine: float = 1.0, p_hist: float = 0.5, dropout: float = 0.2,
-                    p_dropout: float = 0.5, p_lowpass: float = 0.8, mask_radius=0.9) -> Compose:
-    """Seed 000's pipeline for class averages: resized crop, rotation up to 180 degrees, translation
-    up to 10 %, histogram shift, pixel dropout 0.2, low-pass (0.05-1 Nyquist), soft circular mask.
-    The probabilities are ours (the paper gives none)."""
+def class_average_augment(p_crop: float = 0.5, p_affine: float = 1.0, p_hist: float = 0.5, dropout: float = 0.2,
+                          p_dropout: float = 0.5, p_lowpass: float = 0.8, mask_radius=0.9) -> Compose:
+    """The augmentations for class-average retrieval of Kuczbanski et al. ("Learning image
+    representation for limited cryo-EM data"): resized crop, rotation up to 180 degrees,
+    translation up to 10 %, histogram shift, pixel dropout 0.2, low-pass (0.05-1 Nyquist), soft
+    circular mask. The probabilities are ours (the paper gives none)."""
     ops: list[Augment] = [
         RandomResizedCrop(p=p_crop),
         RandomRotation(180.0, p=p_affine),

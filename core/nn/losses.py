@@ -48,7 +48,8 @@ def mine_triplets(labels: torch.Tensor, dist: torch.Tensor, margin: float, mode:
     """Indices (a, p, n) of the mined triplets.
 
     ``all``: every triplet with label[a] == label[p], a != p, label[n] != label[a] that violates the
-    margin, d(a,p) - d(a,n) + margin > 0 (seed 000's choice).
+    margin, d(a,p) - d(a,n) + margin > 0 (the choice of Kuczbanski et al., "Learning image
+    representation for limited cryo-EM data").
     ``batch_hard``: per anchor the farthest positive and the nearest negative (if it violates).
     """
     labels = labels.reshape(-1)

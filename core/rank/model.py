@@ -13,7 +13,7 @@ data sets (isotonic when there are enough classes, else Platt), one per evidence
 probability 0 (there is nothing to keep).
 
 Training uses the one loop, ``core.train.train``, for the CNN and for the combiner. Models are
-saved as plain tensors and dicts (``torch.load(weights_only=True)``) with a format name and version.
+saved as plain tensors and dicts (``core.artifacts``, format ``cryolens.rank``).
 """
 from __future__ import annotations
 
@@ -28,15 +28,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..atomic import atomic_path
+from ..artifacts import RANK_MODEL, load_torch, save_torch
 from ..calibration import apply_calibration
 from ..errors import InputError
+from ..nn.embed import run_batched
 from ..particles import ClassSet
 from .features import (IMAGE_FEATURES, ISOLATION_FEATURES, STAT_FEATURES, class_counts, image_features,
                             isolation_features, stat_features)
 
-MODEL_FORMAT = "cryolens.rank"
-MODEL_VERSION = 1
 EVIDENCE = tuple(STAT_FEATURES) + tuple(IMAGE_FEATURES) + tuple(ISOLATION_FEATURES) + ("cnn_logit",)
 N_STAT = len(STAT_FEATURES)
 _ISO = slice(N_STAT + len(IMAGE_FEATURES), N_STAT + len(IMAGE_FEATURES) + len(ISOLATION_FEATURES))
@@ -134,27 +133,19 @@ class RankModel:
     info: dict[str, Any] = field(default_factory=dict)
 
     # -- evidence and scores
-    @torch.no_grad()
     def image_evidence(self, images, batch: int = 256, device="cpu") -> tuple[np.ndarray, np.ndarray]:
         """(CNN logits (K,), embeddings (K, D)) of class averages (K, b, b)."""
         from ..images import fourier_resize
 
-        x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
-        x = torch.nan_to_num(x)
+        x = torch.nan_to_num(torch.as_tensor(np.asarray(images), dtype=torch.float32))
+        if not len(x):
+            return np.zeros(0), np.zeros((0, self.image.embed_dim))
         size = self.image.in_size
         self.image.eval()
         self.image.to(device)
-        logits, embs = [], []
-        for i in range(0, len(x), batch):
-            xb = x[i:i + batch]
-            if xb.shape[-1] != size:
-                xb = fourier_resize(xb, size)
-            lg, e = self.image.logit_and_embed(xb.to(device))
-            embs.append(e.cpu())
-            logits.append(lg.cpu())
-        if not logits:
-            return np.zeros(0), np.zeros((0, self.image.embed_dim))
-        return torch.cat(logits).double().numpy(), torch.cat(embs).double().numpy()
+        logits, embs = run_batched(self.image, x, self.image.logit_and_embed, batch, device,
+                                   prepare=lambda xb: fourier_resize(xb, size) if xb.shape[-1] != size else xb)
+        return logits.double().numpy(), embs.double().numpy()
 
     def evidence(self, cs: ClassSet, stats: bool = True, device="cpu") -> np.ndarray:
         """(K, len(EVIDENCE)) raw evidence; NaN where missing. ``stats=False`` hides the statistics."""
@@ -187,19 +178,18 @@ class RankModel:
 
     # -- persistence
     def state(self) -> dict[str, Any]:
-        return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "evidence": list(EVIDENCE),
+        """What the model file holds besides its format and version."""
+        return {"evidence": list(EVIDENCE),
                 "image_config": self.image.config, "image_state": self.image.state_dict(),
                 "combiner_config": self.combiner.config, "combiner_state": self.combiner.state_dict(),
                 "calibration": self.calibration, "info": self.info}
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        state = {k: v for k, v in self.state().items()}
+        """A ``.pt`` of plain tensors and dicts (format ``cryolens.rank``, ``core.artifacts``)."""
+        state = self.state()
         state["image_state"] = {k: v.detach().cpu().clone() for k, v in state["image_state"].items()}
         state["combiner_state"] = {k: v.detach().cpu().clone() for k, v in state["combiner_state"].items()}
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        return path
+        return save_torch(path, RANK_MODEL, state)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "RankModel":
@@ -210,19 +200,7 @@ class RankModel:
             path = default_weights("rank")
             if not Path(path).exists():
                 raise InputError("the shipped ranker weights are missing (reinstall cryolens, or give --model)", path)
-        path = Path(path)
-        if not path.is_file():
-            raise InputError("model file not found", path)
-        try:
-            st = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise InputError(f"cannot read the ranker model ({type(err).__name__}: {err})", path) from err
-        if not isinstance(st, dict) or st.get("format") != MODEL_FORMAT:
-            raise InputError(f"not a cryolens rank model (format {st.get('format') if isinstance(st, dict) else '?'!r})",
-                             path)
-        if st.get("version") != MODEL_VERSION:
-            raise InputError(f"rank model format version {st.get('version')!r} is not supported (this cryolens "
-                             f"reads version {MODEL_VERSION})", path)
+        st = load_torch(path, RANK_MODEL)
         if list(st.get("evidence", [])) != list(EVIDENCE):
             raise InputError("the model was trained on a different feature set than this cryolens computes", path)
         image = ImageScorer(st["image_config"]["encoder"], int(st["image_config"].get("members", 1)))
