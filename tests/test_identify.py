@@ -14,7 +14,7 @@ import torch
 
 from cryolens.core.identify import (IdentityModel, embed_library, identify, prepare_library, prepare_queries,
                                     score_entries, shortlist_entries)
-from cryolens.core.identify.train import RecipeConfig, simulated_queries, train_identity
+from cryolens.core.identify.train import RecipeConfig, calibrate_identity, simulated_queries, train_identity
 from cryolens.core.identify.library import Library
 from cryolens.core.mrc import write_stack
 from cryolens.core.simulate.proteins import phantom_library
@@ -195,7 +195,7 @@ def test_calibrate_only_refits_confidence_and_shortlist_without_touching_weights
     ph = phantom_library(11, seed=9, box=32, pixel_size=6.0)
     before = {k: v.clone() for k, v in shipped.encoder.state_dict().items()}
     init = IdentityModel(shipped.encoder, {}, {"stages": [{"stage": "I"}]})
-    model, report = train_identity(tiny_config(), init=init, phantoms=ph, calibrate_only=True, log=lambda s: None)
+    model, report = calibrate_identity(tiny_config(), init, log=lambda s: None, phantoms=ph)
     assert all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
     assert set(model.calibration) == {"embedding", "correlation", "combined"}
     assert model.meta["shortlist_z"] == report["calibration"]["shortlist_z"]

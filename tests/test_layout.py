@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +73,6 @@ def test_adapters_never_import_the_command_line():
     assert not offenders, "\n".join(offenders)
 
 
-@pytest.mark.xfail(strict=False, reason="until the decoys are stored in the library")
 def test_scoring_never_imports_the_simulator():
     offenders = [f"{rel} imports {name}" for rel in SCORING for name in sorted(_imports(REPO / rel))
                  if name.startswith("cryolens.core.simulate")]

@@ -98,6 +98,7 @@ class Library:
     embeddings: np.ndarray | None = None  # (n_embedded, dim) float16, the first references' embeddings
     embedding_model: str = ""  # fingerprint of the model that made them
     decoys: Decoys | None = None  # the null proteins at this library's sampling (``decoys.build_decoys``)
+    path: str = ""  # the file it was loaded from (not saved): where a prepared library is saved back
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -172,4 +173,5 @@ class Library:
         if lib.decoys is not None and lib.decoys.references.shape[1:] != (lib.box, lib.box):
             raise InputError(f"damaged library: decoys of {lib.decoys.references.shape[1:]} px, "
                              f"references of {(lib.box, lib.box)}", path)
+        lib.path = str(path)
         return lib

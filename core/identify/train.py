@@ -320,21 +320,14 @@ def calibrate_identity(cfg: RecipeConfig, init: IdentityModel, log: Callable[[st
 
 def train_identity(cfg: RecipeConfig, init: IdentityModel | None = None, real: RealClasses | None = None,
                    log: Callable[[str], None] = print, should_stop: Callable[[], bool] | None = None,
-                   phantoms: list | None = None, calibrate_only: bool = False) -> tuple[IdentityModel, dict[str, Any]]:
+                   phantoms: list | None = None) -> tuple[IdentityModel, dict[str, Any]]:
     """Run the recipe. ``real``: labelled real classes for stage II; ``init``: start from this
     model (stage II only on top of a stage-I model, as the paper does). Under torchrun, rank 0
-    alone calibrates. Returns the model and a report. (``calibrate_only``: ``calibrate_identity``,
-    kept for the command line; a ``real`` tuple (images, labels, library, pixel size) is read as
-    ``RealClasses``.)"""
+    alone calibrates. Returns the model and a report (``calibrate_identity`` refits only the
+    calibration of a trained model)."""
     from ..nn import TripletMarginLoss, build_encoder, class_average_augment
     from ..train import TrainConfig, train
 
-    if calibrate_only:
-        if init is None:
-            raise ValueError("calibrate_only needs an initial model")
-        return calibrate_identity(cfg, init, log, phantoms)
-    if isinstance(real, tuple):
-        real = RealClasses(*real)
     t0 = time.perf_counter()
     report: dict[str, Any] = {"config": dict(vars(cfg))}
     train_ph, val_ph, unk_ph = _recipe_phantoms(cfg, phantoms, log)

@@ -21,7 +21,7 @@ def _tag(name: str) -> str:
 
 
 def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
-    from ..identify import identify
+    from ..identify import identify, prepare_library
     from ..identify.figures import gallery_figure
 
     classes: ClassSet = with_pixel_size(inputs["classes"], params)
@@ -30,6 +30,10 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
     library, model, px = params["library"], params["model"], classes.pixel_size
     ctx.log(f"identify: {len(classes)} classes against {len(library)} library entries "
             f"({library.n_views} views each), mode {params['mode']}")
+    # decoys and embeddings are made once per library and saved back into it (only added, atomically)
+    if prepare_library(library, None if params["mode"] == "correlation" else model, path=library.path or None,
+                       log=ctx.log, should_stop=ctx.should_stop) and library.path:
+        ctx.log(f"{library.path}: decoys/embeddings added and saved, so the next run starts ready")
     found = identify(classes.images, px, library, model, params["mode"], params["top_k"],
                      params["shortlist"], params["min_confidence"], log=ctx.log, should_stop=ctx.should_stop)
     table = found.table

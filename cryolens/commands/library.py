@@ -77,10 +77,10 @@ def main(args: argparse.Namespace) -> int:
             lib.add_volume(ph.density, ph.name, source="cryolens phantom", provenance=ph.provenance, device=args.device)
         print(f"  + {args.phantoms} phantom proteins (seed {args.phantom_seed})")
     build_s = time.perf_counter() - t0
-    if not args.no_embed:
-        from cryolens.core.identify import IdentityModel, embed_library
+    from cryolens.core.identify import IdentityModel, prepare_library
 
-        embed_library(lib, IdentityModel.load(args.model), log=print)
+    # the decoys always (scoring needs them); the embeddings unless --no-embed (then at first use)
+    prepare_library(lib, None if args.no_embed else IdentityModel.load(args.model), log=print)
     lib.save(path)
     added = len(lib) - n0
     print(f"{path}: {len(lib)} entries ({added} added in {time.perf_counter() - t0:.1f} s; rendering "

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -73,7 +72,9 @@ def _identify_args(p: argparse.ArgumentParser) -> None:
 def train_identify(args: argparse.Namespace) -> int:
     from cryolens.core.errors import CryolensError
     from cryolens.core.identify import IdentityModel
-    from cryolens.core.identify.train import RecipeConfig, labelled_table, train_identity
+    from cryolens.core.identify.train import (RealClasses, RecipeConfig, calibrate_identity, labelled_table,
+                                              train_identity)
+    from cryolens.core.runtime import is_main_process
 
     cfg = RecipeConfig(n_proteins=args.proteins, n_clusters=args.clusters, steps=args.steps, groups=args.groups,
                        encoder=args.encoder, embed_dim=args.embed_dim, box=args.box, pixel_size=args.pixel_size,
@@ -97,10 +98,10 @@ def train_identify(args: argparse.Namespace) -> int:
             raise CryolensError(f"--labels names classes {missing} that {args.real_classes} does not have")
         rows = [ids.index(int(c)) for c in lab["class"]]
         px = args.real_pixel_size or cs.pixel_size
-        real = (cs.images[rows], lab["identity"].astype(str).to_numpy(), Library.load(args.library), px)
-        print(f"stage II: {len(rows)} labelled real classes of {len(np.unique(real[1]))} identities")
-    model, report = train_identity(cfg, init=init, real=real, calibrate_only=args.calibrate_only)
-    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: only rank 0 writes
+        real = RealClasses(cs.images[rows], lab["identity"].astype(str).to_numpy(), Library.load(args.library), px)
+        print(f"stage II: {len(rows)} labelled real classes of {len(np.unique(real.labels))} identities")
+    model, report = calibrate_identity(cfg, init) if args.calibrate_only else train_identity(cfg, init=init, real=real)
+    if not is_main_process():  # torchrun: only rank 0 writes
         return 0
     command = "cryolens " + " ".join(getattr(args, "argv", sys.argv[1:]))
     model.meta["calibration_command" if args.calibrate_only else "command"] = command
