@@ -1,5 +1,5 @@
 """cryolens.core.projector: Fourier-slice projection and back-projection (RELION's own images are
-compared in tests/test_conventions_relion.py)."""
+compared in tests/relion/test_conventions_relion.py)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,5 @@
-"""Synthetic shape classes for the training tests, and the worker that tests/test_train.py runs
-under ``python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT_DIR STEPS``.
+"""Synthetic shape classes for the training tests, and the worker that tests/core/test_train.py runs
+under ``python -m torch.distributed.run --nproc_per_node 2 tests/helpers/ddp_worker.py OUT_DIR STEPS``.
 
 Each rank trains on its own shard of the batch source; at the end every rank writes its final
 weights to OUT_DIR/rank{r}.pt (for the test to compare) and rank 0 alone writes checkpoints.

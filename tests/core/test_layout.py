@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN_IN_CORE = ("starfile", "cryosparc", "relion_ext", "cryosparc_ext")
 # folder -> the package it installs as (pyproject.toml)
 PACKAGES = {"core": "cryolens.core", "relion_ext": "cryolens.relion_ext", "cryosparc_ext": "cryolens.cryosparc_ext",

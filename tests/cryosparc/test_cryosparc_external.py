@@ -1,4 +1,4 @@
-"""cryolens-cryosparc against a loopback STAND-IN of the CryoSPARC v5 API (tests/cryosparc_standin.py),
+"""cryolens-cryosparc against a loopback STAND-IN of the CryoSPARC v5 API (tests/helpers/cryosparc_standin.py),
 driven by the real, unmodified cryosparc-tools 5.0 client. Not a test against CryoSPARC itself."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from cryosparc.dataset import Dataset
-from cryosparc.tools import CryoSPARC
 
 import cryosparc_standin as sd
 from conftest import shared_path
+from cryosparc_standin import client, run
 from cryolens.core.geometry import angular_distance_deg, euler_to_matrix, rotvec_to_matrix
 from cryolens.core.jobs import REGISTRY, Input, JobResult, JobSpec, Output, Param, register
 from cryolens.cryosparc_ext import external
@@ -24,37 +24,6 @@ J2 = ("cryosparc", "cryosparc_J2_particles_exported.cs")
 pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
 
 
-@pytest.fixture
-def standin(tmp_path, monkeypatch):
-    """Project P1 with J1, a completed 2D classification: the REAL particles of
-    cryosparc_J2_particles_exported.cs (22 particles, 5 classes) and 5 class averages."""
-    state = sd.StandIn(tmp_path / "P1")
-    state.add_job("class_2D_new", "2D Classification", status="completed")
-    parts = Dataset.load(shared_path(*J2))
-    state.add_result("J1", "particles", "particle", parts, {s: s for s in ("blob", "ctf", "alignments2D")})
-    with mrcfile.new(tmp_path / "P1" / "J1" / "J1_020_class_averages.mrc") as m:
-        m.set_data(np.random.default_rng(0).standard_normal((5, 16, 16)).astype(np.float32))
-        m.voxel_size = 1.345
-    t = Dataset.allocate(5, [("blob/path", "O"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
-                             ("blob/psize_A", "<f4"), ("blob/res_A", "<f4")])
-    t["blob/path"] = np.array(["J1/J1_020_class_averages.mrc"] * 5, dtype=object)
-    t["blob/idx"] = np.arange(5)
-    t["blob/shape"] = 16
-    t["blob/psize_A"] = 1.345
-    t["blob/res_A"] = [8, 12, 25, 9, 30]
-    state.add_result("J1", "class_averages", "template", t, {"blob": "blob"})
-    monkeypatch.setenv("CRYOSPARC_PASSWORD", sd.PASSWORD)
-    with sd.serve(state) as url:
-        yield state, url
-
-
-def run(url, *args, project="P1"):
-    return external.main(list(args[:1]) + ["--url", url, "--email", sd.EMAIL, "--project", project,
-                                           "--workspace", "W1", *args[1:]])
-
-
-def client(url):
-    return CryoSPARC(url, host=None, base_port=None, email=sd.EMAIL, password=sd.PASSWORD)
 
 
 def _same(a, b) -> bool:

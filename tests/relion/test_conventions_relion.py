@@ -16,7 +16,7 @@ import pytest
 from conftest import shared_path
 
 _spec = importlib.util.spec_from_file_location(
-    "cryolens_bench_conventions", Path(__file__).resolve().parents[1] / "bench" / "conventions.py")
+    "cryolens_bench_conventions", Path(__file__).resolve().parents[2] / "bench" / "conventions.py")
 conv = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(conv)
 

@@ -1,5 +1,5 @@
 """cryolens.core.ctf: RELION's CTF formula, sign, layout and batching (real-data proof in
-tests/test_conventions_relion.py)."""
+tests/relion/test_conventions_relion.py)."""
 from __future__ import annotations
 
 import math

@@ -20,7 +20,7 @@ from cryolens.core.mrc import write_stack
 from cryolens.core.simulate.proteins import phantom_library
 from cryolens.core.weights import default_weights
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BOX, PX = 48, 4.0
 pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
 
@@ -316,29 +316,23 @@ def test_job_as_a_relion_external_job_on_class2d(relion_class2d, proteins, tmp_p
     assert f"{rel}/identify_gallery.pdf" in nodes
 
 
-def test_job_through_the_cryosparc_standin_answers_unknown_for_noise(library, tmp_path, monkeypatch):
+def test_job_through_the_cryosparc_standin_answers_unknown_for_noise(library, tmp_path, standin):
     """The real 2D classification's particles with pure-noise class averages (the stand-in's):
     every class must come back unknown, with its particles in particles_unknown."""
-    from test_cryosparc_external import client, run
-
-    from test_cryosparc_external import standin as standin_fixture  # noqa: F401 (a fixture)
+    from cryosparc_standin import client, run
 
     lib_path = library.save(tmp_path / "lib.npz")
-    gen = standin_fixture.__wrapped__(tmp_path, monkeypatch)
-    state, url = next(gen)
-    try:
-        rc = run(url, "identify", "--classes-in", "J1.class_averages", "--particles", "J1.particles",
-                 "--library", str(lib_path), "--mode", "correlation")
-        assert rc == 0, state.events
-        job = state.jobs["J2"]
-        assert "particles_unknown" in set(job.spec.outputs.root)
-        parts = client(url).find_job("P1", "J2").load_output("particles_unknown")
-        assert len(parts) == 22
-        side = next((state.project_dir / "J2").glob("*identities*.csv"))
-        t = pd.read_csv(side, keep_default_na=False)
-        assert (t["identity"] == "unknown").all() and len(t) == 5
-    finally:
-        gen.close()
+    state, url = standin
+    rc = run(url, "identify", "--classes-in", "J1.class_averages", "--particles", "J1.particles",
+             "--library", str(lib_path), "--mode", "correlation")
+    assert rc == 0, state.events
+    job = state.jobs["J2"]
+    assert "particles_unknown" in set(job.spec.outputs.root)
+    parts = client(url).find_job("P1", "J2").load_output("particles_unknown")
+    assert len(parts) == 22
+    side = next((state.project_dir / "J2").glob("*identities*.csv"))
+    t = pd.read_csv(side, keep_default_na=False)
+    assert (t["identity"] == "unknown").all() and len(t) == 5
 
 
 def test_library_build_from_a_csv_then_incrementally(proteins, tmp_path, capsys):

@@ -555,3 +555,18 @@ def serve(state: StandIn) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def run(url, *args, project="P1"):
+    """``cryolens-cryosparc <job> ...`` against the stand-in at ``url`` (workspace W1)."""
+    from cryolens.cryosparc_ext import external
+
+    return external.main(list(args[:1]) + ["--url", url, "--email", EMAIL, "--project", project,
+                                           "--workspace", "W1", *args[1:]])
+
+
+def client(url):
+    """The real cryosparc-tools client, logged in to the stand-in."""
+    from cryosparc.tools import CryoSPARC
+
+    return CryoSPARC(url, host=None, base_port=None, email=EMAIL, password=PASSWORD)

@@ -15,7 +15,7 @@ from cryolens.core.train import TrainConfig, Validation, evaluate, load_checkpoi
 from ddp_worker import ShapeSource, shape_images
 
 torch.set_num_threads(2)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tiny(seed=0, vit=False):
@@ -127,9 +127,9 @@ def test_checkpoint_version_refused(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_ddp_two_ranks(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests" / "helpers"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), "4"]
+           str(REPO / "tests" / "helpers" / "ddp_worker.py"), str(tmp_path), "4"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
