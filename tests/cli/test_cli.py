@@ -38,6 +38,7 @@ def _one_line_error(res: subprocess.CompletedProcess, *needles: str) -> None:
         assert n in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_info_convert_round_trip(example, tmp_path):
     res = cli("info", str(example / "particles.star"), "--stats")
     assert res.returncode == 0 and "40 of 32x32 px" in res.stdout and "pixel statistics" in res.stdout
@@ -52,10 +53,12 @@ def test_info_convert_round_trip(example, tmp_path):
     assert "40 x 32 x 32" in res.stdout
 
 
+@pytest.mark.slow
 def test_missing_file(tmp_path):
     _one_line_error(cli("info", str(tmp_path / "nothere.star")), "nothere.star", "file not found")
 
 
+@pytest.mark.slow
 def test_missing_column(tmp_path):
     p = tmp_path / "cols.star"
     p.write_text("data_particles\n\nloop_\n_rlnDefocusU #1\n10000\n")
@@ -64,6 +67,7 @@ def test_missing_column(tmp_path):
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_nan_values(example, tmp_path):
     text = (example / "particles.star").read_text().splitlines()
     rows = [i for i, l in enumerate(text) if "@particles.mrcs" in l]
@@ -75,6 +79,7 @@ def test_nan_values(example, tmp_path):
     _one_line_error(cli("info", str(p)), "nan.star", "non-finite")
 
 
+@pytest.mark.slow
 def test_stack_shorter_than_the_star_claims(example, tmp_path):
     ps = read_particles(example / "particles.star")
     ps.table.loc[0, "image_index"] = 99  # image 100 of a 40-image stack
@@ -83,6 +88,7 @@ def test_stack_shorter_than_the_star_claims(example, tmp_path):
     assert "NOT READABLE" in res.stdout and "particles.mrcs" in res.stdout and "100" in res.stdout
 
 
+@pytest.mark.slow
 def test_mixed_box_sizes(example):
     with mrcfile.new(example / "big.mrcs", overwrite=True) as m:
         m.set_data(np.zeros((2, 48, 48), np.float32))
@@ -94,12 +100,14 @@ def test_mixed_box_sizes(example):
     assert "NOT READABLE" in res.stdout and "box" in res.stdout.lower()
 
 
+@pytest.mark.slow
 def test_truncated_mrc(example, tmp_path):
     data = (example / "particles.mrcs").read_bytes()
     (tmp_path / "cut.mrcs").write_bytes(data[: len(data) // 2])
     _one_line_error(cli("info", str(tmp_path / "cut.mrcs")), "cut.mrcs", "truncated")
 
 
+@pytest.mark.slow
 def test_path_outside_the_project(example):
     ps = read_particles(example / "particles.star")
     ps.table["image_stack"] = "../../elsewhere/particles.mrcs"
@@ -108,6 +116,7 @@ def test_path_outside_the_project(example):
     assert "NOT READABLE" in res.stdout and "outside the project directory" in res.stdout
 
 
+@pytest.mark.slow
 def test_convert_refuses_to_overwrite_its_input_and_bad_output_names(example, tmp_path):
     star = example / "particles.star"
     before = star.read_bytes()
@@ -116,11 +125,13 @@ def test_convert_refuses_to_overwrite_its_input_and_bad_output_names(example, tm
     assert star.read_bytes() == before and not (tmp_path / "out.txt").exists()
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path):
     res = cli("--debug", "info", str(tmp_path / "nothere.star"))
     assert "Traceback" in res.stderr and "file not found" in res.stderr
 
 
+@pytest.mark.slow
 def test_cuda_request_without_gpu_is_a_user_error(example):
     import torch
 
@@ -129,6 +140,7 @@ def test_cuda_request_without_gpu_is_a_user_error(example):
     _one_line_error(cli("info", str(example / "particles.star"), "--device", "cuda"), "no CUDA GPU")
 
 
+@pytest.mark.slow
 def test_run_select_from_the_shell(example, tmp_path):
     res = cli("run", "select", "--particles", str(example / "particles.star"), "--out", str(tmp_path / "sel"),
               "--column", "rlnDefocusU", "--min_quantile", "0.5")
@@ -136,6 +148,7 @@ def test_run_select_from_the_shell(example, tmp_path):
     assert len(read_particles(tmp_path / "sel" / "particles.star", root=example)) == 20
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_run_writes_backup_selection_through_the_relion_writer(project, tmp_path):
     """`cryolens run select --classes` and `cryolens run rank` on a real Class2D run write RELION's

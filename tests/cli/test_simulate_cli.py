@@ -18,6 +18,7 @@ def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_and_truth_is_complete(tmp_path):
     args = ["--n", "120", "--species", "2", "--box", "48", "--pixel-size", "4", "--classes", "4", "--seed", "5"]
     assert main(["simulate", str(tmp_path / "a"), *args]) == 0
@@ -34,6 +35,7 @@ def test_same_seed_same_bytes_and_truth_is_complete(tmp_path):
     assert digest(tmp_path / "a" / "Simulated/particles.mrcs") != digest(tmp_path / "c" / "Simulated/particles.mrcs")
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_relion_reconstruct_of_a_species_matches_its_map(tmp_path):
     """Ground truth consistency: RELION reconstructs each species' map from its particles."""
@@ -53,6 +55,7 @@ def test_relion_reconstruct_of_a_species_matches_its_map(tmp_path):
     assert len(ps) == 500
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_relion_class2d_route_end_to_end(tmp_path):
     need_relion("relion_refine")

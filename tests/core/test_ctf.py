@@ -61,6 +61,7 @@ def test_astigmatism_direction():
         np.testing.assert_allclose(full[across], iso_v[across], atol=1e-9)
 
 
+@pytest.mark.slow
 def test_layout_batching_envelope_and_dtypes():
     n = 3
     du = torch.tensor([10000.0, 15000.0, 25000.0])

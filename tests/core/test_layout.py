@@ -1,6 +1,8 @@
 """House rules that keep the architecture honest."""
 from __future__ import annotations
 
+import pytest
+
 import ast
 import subprocess
 import sys
@@ -89,6 +91,7 @@ def test_every_command_is_a_module_with_an_example():
         assert callable(mod.add_args) and callable(mod.main), name
 
 
+@pytest.mark.slow
 def test_importing_all_of_core_loads_neither_starfile_nor_cryosparc():
     mods = sorted("cryolens.core." + ".".join(p.relative_to(REPO / "core").with_suffix("").parts)
                   for p in (REPO / "core").rglob("*.py") if p.name != "__init__.py")

@@ -38,6 +38,7 @@ def test_encoder_rejects_multichannel():
         _small("resnet_tiny")(torch.randn(2, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_vit_base_parameter_count():
     m = build_encoder("vit_base")
     n = count_parameters(m)

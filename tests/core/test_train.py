@@ -36,6 +36,7 @@ def _same(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 def test_learns_to_separate_shapes(tmp_path):
     torch.manual_seed(0)
     model = build_encoder("resnet_tiny", in_size=32, embed_dim=32)
@@ -125,6 +126,7 @@ def test_checkpoint_version_refused(tmp_path):
         load_checkpoint(tmp_path / "future.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_torchrun_ddp_two_ranks(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests" / "helpers"))

@@ -22,7 +22,8 @@ from cryolens.core.weights import default_weights
 
 REPO = Path(__file__).resolve().parents[2]
 BOX, PX = 48, 4.0
-pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
+# every test here builds phantoms, libraries or models: the slow loop
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")]
 
 
 def tiny_config(**kw) -> RecipeConfig:

@@ -96,6 +96,7 @@ def test_calibrators_recover_known_probabilities(fit):
     assert expected_calibration_error(1 / (1 + np.exp(-x)), y) > 0.05  # uncalibrated is visibly off
 
 
+@pytest.mark.slow
 def test_shipped_model_is_calibrated_on_held_out_data(held_out, model):
     """Reliability on classes of proteins and seeds the model never saw: a class scored p is good
     about p of the time (ECE), and the ranking is sound."""
@@ -210,6 +211,7 @@ def test_empty_classes_score_zero_and_are_never_selected(held_out, model, tmp_pa
     assert res.class_selection["class_averages"][0] == 0
 
 
+@pytest.mark.slow
 def test_retraining_round_trip_moves_scores_toward_the_users_labels(tmp_path, held_out):
     """train rank from a backup_selection.star -> model file -> the job uses it via --model."""
     from cryolens.cli import main

@@ -21,6 +21,7 @@ J2 = ("cryosparc", "cryosparc_J2_particles_exported.cs")
 pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_rank_from_the_pipeliner_and_relion_continues_with_the_selection(project):
     proj, data = project

@@ -82,6 +82,7 @@ def test_a_3d_model_is_refused(tmp_path):
         read_class2d(dst)
 
 
+@pytest.mark.slow
 def test_empty_classes_of_a_real_run_parse_as_numbers(relion_class2d, tmp_path):
     """Many classes for few particles: RELION leaves some empty (inf resolution, 999 accuracies)."""
     from relion_helpers import run_class2d

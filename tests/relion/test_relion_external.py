@@ -15,6 +15,7 @@ from cryolens.relion_ext.star import read_blocks, read_particles
 EXE = shutil.which("cryolens-relion-select") or str(Path(REPO / ".venv/bin/cryolens-relion-select"))
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_select_runs_from_the_pipeliner_and_relion_continues(project):
     proj, data = project
@@ -41,6 +42,7 @@ def test_select_runs_from_the_pipeliner_and_relion_continues(project):
     assert len(read_particles(proj / "check.star")) == int((sel.table["class_id"] == 1).sum())
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_threshold_selection_declares_its_histogram_as_a_logfile_node(project):
     proj, data = project
@@ -56,6 +58,7 @@ def test_threshold_selection_declares_its_histogram_as_a_logfile_node(project):
     assert len(sel) == pytest.approx(0.75 * len(full), abs=3)
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_bad_input_fails_with_a_clear_message_and_no_nodes(project):
     proj, data = project
@@ -69,6 +72,7 @@ def test_bad_input_fails_with_a_clear_message_and_no_nodes(project):
     assert not any(n.startswith(str(job_dir.relative_to(proj))) for n in pipeline_nodes(proj))
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_abort_now_stops_the_job_with_status_aborted(project, tmp_path):
     proj, data = project
@@ -84,6 +88,7 @@ def test_abort_now_stops_the_job_with_status_aborted(project, tmp_path):
     assert not (job_dir / "particles.star").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_relion_substring_adds_pipeline_control_and_unknown_flags_are_tolerated(project):
     proj, data = project
@@ -96,6 +101,7 @@ def test_relion_substring_adds_pipeline_control_and_unknown_flags_are_tolerated(
     assert "ignoring unknown arguments --note relion_was_here" in (job_dir / "run.err").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_version_detection_from_a_real_31_job_star(project):
     proj, data = project
@@ -198,6 +204,7 @@ def test_every_job_has_its_relion_executable():
         assert scripts.get(f"cryolens-relion-{name}") == "cryolens.relion_ext.external:main", name
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_template_loads_into_the_pipeliner_and_runs(project, monkeypatch):
     proj, data = project

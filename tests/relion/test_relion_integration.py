@@ -26,6 +26,7 @@ def projected(tmp_path_factory):
     return proj, star
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["3.1", "5.0"])
 def test_relion_reconstruct_accepts_our_star_and_recovers_the_volume(projected, version):
     proj, star = projected

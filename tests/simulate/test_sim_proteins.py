@@ -51,6 +51,7 @@ def one_of_each():
 
 
 # -- determinism ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_same_seed_same_bytes_different_seed_different_map(one_of_each):
     for kind, ph in one_of_each.items():
         again = P.random_phantom(11, BOX, PX, kind=kind)
@@ -65,6 +66,7 @@ def test_same_seed_same_bytes_different_seed_different_map(one_of_each):
     assert a.density.tobytes() != b.density.tobytes()
 
 
+@pytest.mark.slow
 def test_phantom_library_is_deterministic_distinct_and_covers_all_kinds():
     lib = P.phantom_library(5, seed=3, box=40, pixel_size=5.0)
     again = P.phantom_library(5, seed=3, box=40, pixel_size=5.0)
