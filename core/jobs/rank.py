@@ -24,24 +24,10 @@ SCORE = "rlnClassScore"
 PREDICTED = "rlnPredictedClassScore"
 
 
-def _cut(prob: np.ndarray, counts: np.ndarray, params: dict[str, Any]) -> tuple[float, str]:
-    """The score a class needs to be kept, and why, by ``--select``."""
-    from ..rank.threshold import auto_threshold
-
-    if params["select"] == "threshold":
-        return float(params["threshold"]), f"threshold {float(params['threshold']):.2f} (given)"
-    if params["select"] == "fraction":
-        n_keep = max(1, int(round(params["fraction"] * len(prob))))
-        cut = float(np.sort(prob)[::-1][n_keep - 1])
-        return cut, f"top {100 * params['fraction']:.0f}% of the classes ({n_keep}): score >= {cut:.3f}"
-    cut, reason = auto_threshold(prob, None if np.isnan(counts).all() else counts, params["recall"],
-                                 params["min_probability"])
-    return cut, f"auto cut {cut:.2f}: {reason}"
-
-
 def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
     from ..rank.features import class_counts
     from ..rank.figures import gallery_figure
+    from ..rank.threshold import selection_cut
 
     cs: ClassSet = with_pixel_size(inputs["classes"], params)
     if len(cs) == 0:
@@ -58,7 +44,8 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
     ctx.check_abort()
     prob, counts = sc.probability, class_counts(cs)
     res_col = cs.table["resolution"].to_numpy(np.float64) if "resolution" in cs.table else np.full(len(cs), np.nan)
-    cut, reason = _cut(prob, counts, params)
+    cut, reason = selection_cut(prob, counts, params["select"], params["threshold"], params["fraction"],
+                                params["recall"], params["min_probability"])
     keep = prob >= cut
     rank = np.empty(len(cs), np.int64)
     rank[np.argsort(-prob, kind="stable")] = np.arange(1, len(cs) + 1)

@@ -1,4 +1,5 @@
-"""A data-set-adaptive cut on calibrated class scores (``auto_threshold``)."""
+"""The cut on calibrated class scores: given, a share of the classes, or adapted to the data set
+(``auto_threshold``)."""
 from __future__ import annotations
 
 import math
@@ -73,3 +74,17 @@ def auto_threshold(prob: np.ndarray, counts: np.ndarray | None, recall: float = 
         why.append(f"raised to the floor {min_probability:.2f}")
         cut = float(min_probability)
     return float(cut), "; ".join(why)
+
+
+def selection_cut(prob: np.ndarray, counts: np.ndarray, how: str, threshold: float = 0.5, fraction: float = 0.5,
+                  recall: float = 0.95, min_probability: float = 0.1) -> tuple[float, str]:
+    """The score a class needs to be kept, and why: ``how`` is ``threshold`` (given), ``fraction``
+    (that share of the classes, best first) or ``auto`` (``auto_threshold``)."""
+    if how == "threshold":
+        return float(threshold), f"threshold {float(threshold):.2f} (given)"
+    if how == "fraction":
+        n_keep = max(1, int(round(fraction * len(prob))))
+        cut = float(np.sort(prob)[::-1][n_keep - 1])
+        return cut, f"top {100 * fraction:.0f}% of the classes ({n_keep}): score >= {cut:.3f}"
+    cut, reason = auto_threshold(prob, None if np.isnan(counts).all() else counts, recall, min_probability)
+    return cut, f"auto cut {cut:.2f}: {reason}"
