@@ -436,6 +436,7 @@ def cryolens_particles(project: Path, spec: RunSpec, maps: dict[str, np.ndarray]
     shutil.move(str(star), project / "Particles" / "particles.star")
     spec.extra["particle_radius_px"] = 0.4 * spec.box
     t = truth.copy()
+    t.insert(0, "rlnImageName", [f"{i + 1:06d}@Simulated/particles.mrcs" for i in range(len(t))])
     t["is_junk"] = t["is_junk"].astype(bool)
     t["species"] = np.where(t["is_junk"], "", t["species"].astype(str))
     return t
