@@ -5,64 +5,18 @@ simulator, test on ``relion_project`` particles, and the other way round) and by
 run shares a protein with a training run), with the figures of every run kept: the median AND the
 worst run are reported, beside the classical rules computed on the same runs.
 
-The corpus comes from ``bench/corpus.py``. This module loads it, splits it, and turns per-run scores
-into the figures the benchmarks print (``per_run``, ``summarise``).
+The corpus comes from ``bench/corpus.py`` and is read by ``cryolens.recipes.corpus``. This module
+splits it and turns per-run scores into the figures the benchmarks print (``per_run``, ``summarise``).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from cryolens.core.calibration import auroc
-
-
-@dataclass
-class CorpusRun:
-    name: str
-    spec: dict
-    classes: object  # ClassSet (images, statistics, particles)
-    truth: pd.DataFrame  # per class: truth_good, truth_purity, truth_species, n_particles
-
-    @property
-    def generator(self) -> str:
-        return self.spec["generator"]
-
-    @property
-    def proteins(self) -> set[str]:
-        return {p["name"] for p in self.spec["proteins"]}
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.truth["truth_good"].to_numpy(np.int64)
-
-    @property
-    def good_particles(self) -> np.ndarray:
-        """Members of each class that are true particles of its species, for good classes (0 otherwise)."""
-        t = self.truth
-        return np.where(t["truth_good"] > 0, np.round(t["truth_purity"] * t["n_particles"]), 0).astype(np.int64)
-
-
-def load_corpus(root: Path, generators: tuple[str, ...] | None = None) -> list[CorpusRun]:
-    """Every finished run under ``root`` (``bench/corpus.py build``), optionally of some generators."""
-    from cryolens.relion_ext.class2d import read_class2d
-
-    runs = []
-    for d in sorted(Path(root).glob("run_*")):
-        if not (d / "DONE").exists():
-            continue
-        spec = json.loads((d / "spec.json").read_text())
-        if generators and spec["generator"] not in generators:
-            continue
-        data = d / "Class2D" / "job001" / f"run_it{spec['iterations']:03d}_data.star"
-        cs = read_class2d(data, root=d)
-        truth = pd.read_csv(d / "classes_truth.csv").set_index("class_id").loc[cs.class_ids].reset_index()
-        runs.append(CorpusRun(d.name, spec, cs, truth))
-    return runs
+from cryolens.recipes.corpus import CorpusRun, load_corpus  # noqa: F401 (the protocol's data)
 
 
 def split_by_protein(runs: list[CorpusRun], test_share: float = 0.5, seed: int = 0) -> tuple[list, list]:

@@ -22,9 +22,11 @@ def logistic(features: np.ndarray, weights) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(w[0] + features @ w[1:])))
 
 
-def fit_logistic(features: np.ndarray, correct: np.ndarray, l2: float = 1e-3) -> list[float]:
-    """Logistic regression of P(top-1 correct) on the confidence features (standardised inside,
-    weights returned on the raw features)."""
+def fit_logistic(features: np.ndarray, correct: np.ndarray, l2: float = 1e-3,
+                 signs=None) -> list[float]:
+    """Logistic regression of a 0/1 outcome on features (standardised inside, weights returned on
+    the raw features as [bias, w_1, ...]). ``signs`` (+1, -1 or 0 per feature) constrains the sign of
+    each weight (L-BFGS-B bounds): a monotone model, whatever the training data pull."""
     from scipy.optimize import minimize
 
     X = np.asarray(features, np.float64)
@@ -39,7 +41,10 @@ def fit_logistic(features: np.ndarray, correct: np.ndarray, l2: float = 1e-3) ->
         g = np.concatenate([[np.mean(p - y)], Z.T @ (p - y) / len(y) + 2 * l2 * w[1:]])
         return loss, g
 
-    w = minimize(nll, np.zeros(X.shape[1] + 1), jac=True, method="L-BFGS-B").x
+    bounds = None
+    if signs is not None:
+        bounds = [(None, None)] + [(0, None) if s > 0 else (None, 0) if s < 0 else (None, None) for s in signs]
+    w = minimize(nll, np.zeros(X.shape[1] + 1), jac=True, method="L-BFGS-B", bounds=bounds).x
     wr = w[1:] / sd
     return [float(w[0] - np.sum(wr * mu)), *map(float, wr)]
 

@@ -56,10 +56,12 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
     res.class_selection["class_averages"] = [int(k) for k in keep]
     res.tables["rank_scores"] = pd.DataFrame({
         "class_id": cs.class_ids, "score": prob, "rank": rank, "selected": keep.astype(int),
-        "n_particles": counts, "resolution": res_col, "logit": sc.logit, "evidence": sc.mode})
+        "n_particles": counts, "resolution": res_col, "logit": sc.logit, "evidence": sc.mode,
+        "scored_by": sc.source})
     mode = "class statistics + images" if sc.mode == "stats" else "images only (no class statistics in the input)"
     res.summary.append(f"rank: {len(cs)} classes scored from {mode} in {seconds:.2f} s "
                        f"({len(cs) / max(seconds, 1e-9):.0f} classes/s; model {model.info.get('name', 'user model')})")
+    res.summary += [f"rank: {note}" for note in sc.notes]
     res.summary.append(f"rank: {reason}")
     kept_ids = cs.class_ids[keep]
     if keep.any():

@@ -35,6 +35,7 @@ from ..nn.embed import run_batched
 from ..particles import ClassSet
 from .features import (IMAGE_FEATURES, ISOLATION_FEATURES, STAT_FEATURES, class_counts, image_features,
                             isolation_features, stat_features)
+from .rules import MIN_PARTICLES, RULE_FEATURES, Domain, RuleModel, apply_guard, class_statistics, rule_features
 
 EVIDENCE = tuple(STAT_FEATURES) + tuple(IMAGE_FEATURES) + tuple(ISOLATION_FEATURES) + ("cnn_logit",)
 N_STAT = len(STAT_FEATURES)
@@ -116,13 +117,50 @@ class Combiner(nn.Module):
 # -- the model ------------------------------------------------------------------------------------
 @dataclass
 class Scores:
-    """Per class (ClassSet order): calibrated probability, the combiner's logit, the evidence."""
+    """Per class (ClassSet order): calibrated probability, the logit behind it, the evidence;
+    ``source`` says what scored it (``learned``, ``rule``: the inputs lie outside the model's
+    training domain), ``notes`` why, in words for the log."""
 
     probability: np.ndarray
     logit: np.ndarray
     evidence: np.ndarray
     mode: str
     seconds: float = 0.0
+    source: str = "learned"
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RobustHead:
+    """How a model with class statistics holds on data it was not trained on (``core.rank.rules``):
+    p = sigmoid(b + w_rule * rule_logit + w_image * image_logit), w >= 0, where the rule is the
+    monotone classical rule and the image logit is the combiner's with the statistics hidden (it
+    never sees them), so the score is monotone in particle count, resolution and accuracy by
+    construction; unconverged, empty and tiny classes never score above the rule; inputs outside
+    ``domain`` are scored by the rule alone. Fitted by ``core.rank.train.fit_robust_head``."""
+
+    rule: RuleModel
+    stack: list[float]  # [bias, w_rule, w_image]
+    domain: Domain
+    trained_on: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule.to_dict(), "stack": list(self.stack), "domain": self.domain.to_dict(),
+                "trained_on": self.trained_on}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RobustHead":
+        return cls(RuleModel.from_dict(d["rule"]), [float(v) for v in d["stack"]], Domain.from_dict(d["domain"]),
+                   dict(d.get("trained_on") or {}))
+
+
+def domain_evidence(evidence: np.ndarray, rule_feats: np.ndarray) -> np.ndarray:
+    """What the training domain is measured on: the image evidence (features, isolation, CNN logit)
+    and the rule's statistics."""
+    return np.concatenate([evidence[:, N_STAT:], rule_feats], 1)
+
+
+DOMAIN_NAMES = list(EVIDENCE[N_STAT:]) + list(RULE_FEATURES)
 
 
 @dataclass
@@ -131,6 +169,7 @@ class RankModel:
     combiner: Combiner
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    robust: RobustHead | None = None
 
     # -- evidence and scores
     def image_evidence(self, images, batch: int = 256, device="cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -170,11 +209,44 @@ class RankModel:
         t0 = time.perf_counter()
         ev = self.evidence(cs, device=device)
         mode = "stats" if np.isfinite(ev[:, :N_STAT]).any() else "image"
-        logit = self.combine(ev, device)
-        prob = apply_calibration(self.calibration.get(mode), logit)
+        if self.robust is not None and mode == "stats":
+            sc = self._robust_score(cs, ev, device)
+        else:
+            logit = self.combine(ev, device)
+            sc = Scores(apply_calibration(self.calibration.get(mode), logit), logit, ev, mode)
+            if self.robust is not None:  # a bare stack: no rule to fall back on, but say so
+                why = self.robust.domain.check(domain_evidence(ev, rule_features(class_statistics(cs))),
+                                               cs.pixel_size, None if cs.images is None else cs.images.shape[-1])
+                if why:
+                    sc.notes.append("the class averages lie outside what the image model was trained on ("
+                                    + "; ".join(why) + "): its scores are a weak guide")
         n = class_counts(cs)
-        prob = np.where(np.isfinite(n) & (n <= 0), 0.0, prob)  # an empty class has nothing to keep
-        return Scores(np.clip(prob, 0.0, 1.0), logit, ev, mode, time.perf_counter() - t0)
+        sc.probability = np.clip(np.where(np.isfinite(n) & (n <= 0), 0.0, sc.probability), 0.0, 1.0)
+        sc.seconds = time.perf_counter() - t0
+        return sc
+
+    def _robust_score(self, cs: ClassSet, ev: np.ndarray, device) -> Scores:
+        head = self.robust
+        st = class_statistics(cs)
+        rf = rule_features(st)
+        rule_logit = head.rule.logit(rf)
+        rule_p = 1.0 / (1.0 + np.exp(-rule_logit))
+        hidden = ev.copy()
+        hidden[:, :N_STAT] = np.nan
+        image_logit = self.combine(hidden, device)
+        logit = head.stack[0] + head.stack[1] * rule_logit + head.stack[2] * image_logit
+        why = head.domain.check(domain_evidence(ev, rf), cs.pixel_size,
+                                None if cs.images is None else cs.images.shape[-1])
+        sc = Scores(1.0 / (1.0 + np.exp(-logit)), logit, ev, "stats")
+        if why:
+            sc.probability, sc.logit, sc.source = rule_p, rule_logit, "rule"
+            sc.notes.append("inputs outside what the model was trained on (" + "; ".join(why)
+                            + "): scored by the classical rule (resolution, particles, accuracy)")
+        sc.probability = apply_guard(sc.probability, rule_p, st)
+        if st.guarded.any():
+            sc.notes.append(f"{int(st.unconverged.sum())} unconverged (999/inf) and {int(st.tiny.sum())} tiny "
+                            f"(< {MIN_PARTICLES} particles) classes scored no higher than the rule")
+        return sc
 
     # -- persistence
     def state(self) -> dict[str, Any]:
@@ -182,7 +254,8 @@ class RankModel:
         return {"evidence": list(EVIDENCE),
                 "image_config": self.image.config, "image_state": self.image.state_dict(),
                 "combiner_config": self.combiner.config, "combiner_state": self.combiner.state_dict(),
-                "calibration": self.calibration, "info": self.info}
+                "calibration": self.calibration, "info": self.info,
+                **({"robust": self.robust.to_dict()} if self.robust is not None else {})}
 
     def save(self, path: str | os.PathLike) -> Path:
         """A ``.pt`` of plain tensors and dicts (format ``cryolens.rank``, ``core.artifacts``)."""
@@ -207,4 +280,5 @@ class RankModel:
         image.load_state_dict(st["image_state"])
         comb = Combiner(**st["combiner_config"])
         comb.load_state_dict(st["combiner_state"])
-        return cls(image.eval(), comb.eval(), dict(st.get("calibration") or {}), dict(st.get("info") or {}))
+        robust = RobustHead.from_dict(st["robust"]) if st.get("robust") else None
+        return cls(image.eval(), comb.eval(), dict(st.get("calibration") or {}), dict(st.get("info") or {}), robust)

@@ -4,7 +4,7 @@ Facilities rank 2D classes by what RELION and cryoSPARC estimate for each: the r
 number of particles and the rotational accuracy. The ``RuleModel`` is that rule made explicit: a
 logistic model of "good" on a few robust statistics whose weights are constrained in sign, so that,
 other things equal, more particles, a finer resolution or a better accuracy never lower the score
-(a monotone model; fitted by bound-constrained L-BFGS-B).
+(a monotone model; ``calibration.fit_logistic`` with sign bounds).
 
 Statistics that say "this class did not converge" are read as the worst value, never as missing:
 RELION writes accuracy 999 (the readers make it NaN) and resolution inf for classes it could not
@@ -98,18 +98,18 @@ def rule_features(st: ClassStatistics) -> np.ndarray:
 # -- the rule ----------------------------------------------------------------------------------------
 @dataclass
 class RuleModel:
-    """p(good) = sigmoid(b + sum_i w_i z_i) on standardised rule features, sign(w_i) fixed by
-    ``RULE_SIGNS``; a feature the source lacks contributes nothing (z = 0)."""
+    """p(good) = sigmoid(bias + sum_i w_i x_i) on the rule features, sign(w_i) fixed by
+    ``RULE_SIGNS`` (``calibration.fit_logistic`` with sign bounds); a statistic the source lacks
+    takes its training mean (it then moves no class against another)."""
 
     mean: list[float] = field(default_factory=lambda: [0.0] * len(RULE_FEATURES))
-    std: list[float] = field(default_factory=lambda: [1.0] * len(RULE_FEATURES))
     weights: list[float] = field(default_factory=lambda: list(RULE_SIGNS))
     bias: float = 0.0
 
     def logit(self, features: np.ndarray) -> np.ndarray:
-        z = (np.asarray(features, np.float64) - np.asarray(self.mean)) / np.asarray(self.std)
-        z = np.where(np.isfinite(z), z, 0.0)
-        return self.bias + z @ np.asarray(self.weights)
+        x = np.asarray(features, np.float64)
+        x = np.where(np.isfinite(x), x, np.asarray(self.mean))
+        return self.bias + x @ np.asarray(self.weights)
 
     def probability(self, features: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.logit(features)))
@@ -119,34 +119,21 @@ class RuleModel:
 
     @classmethod
     def fit(cls, features: np.ndarray, labels: np.ndarray, l2: float = 1e-2) -> "RuleModel":
-        """Logistic regression with w_i * sign_i >= 0 (L-BFGS-B bounds) on standardised features."""
-        from scipy.optimize import minimize
+        from ..calibration import fit_logistic
 
         X = np.asarray(features, np.float64)
-        y = np.asarray(labels, np.float64)
-        mu = np.array([np.nanmean(c) if np.isfinite(c).any() else 0.0 for c in X.T])
-        sd = np.array([np.nanstd(c) if np.isfinite(c).any() else 1.0 for c in X.T]) + 1e-6
-        Z = np.where(np.isfinite(X), (X - mu) / sd, 0.0)
-
-        def nll(w):
-            z = w[0] + Z @ w[1:]
-            p = 1 / (1 + np.exp(-z))
-            loss = np.mean(np.logaddexp(0, z) - y * z) + l2 * np.sum(w[1:] ** 2)
-            return loss, np.concatenate([[np.mean(p - y)], Z.T @ (p - y) / len(y) + 2 * l2 * w[1:]])
-
-        bounds = [(None, None)] + [(0, None) if s > 0 else (None, 0) for s in RULE_SIGNS]
-        w = minimize(nll, np.zeros(len(RULE_SIGNS) + 1), jac=True, method="L-BFGS-B", bounds=bounds).x
-        return cls(mu.tolist(), sd.tolist(), [float(v) for v in w[1:]], float(w[0]))
+        mean = np.array([np.nanmean(c) if np.isfinite(c).any() else 0.0 for c in X.T])
+        w = fit_logistic(np.where(np.isfinite(X), X, mean), labels, l2=l2, signs=RULE_SIGNS)
+        return cls(mean.tolist(), w[1:], w[0])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": list(RULE_FEATURES), "mean": self.mean, "std": self.std, "weights": self.weights,
-                "bias": self.bias}
+        return {"features": list(RULE_FEATURES), "mean": self.mean, "weights": self.weights, "bias": self.bias}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RuleModel":
         if list(d.get("features", RULE_FEATURES)) != list(RULE_FEATURES):
             raise ValueError("the rule was fitted on other statistics")
-        return cls(list(d["mean"]), list(d["std"]), list(d["weights"]), float(d["bias"]))
+        return cls(list(d["mean"]), list(d["weights"]), float(d["bias"]))
 
 
 def apply_guard(probability: np.ndarray, rule_probability: np.ndarray, st: ClassStatistics) -> np.ndarray:

@@ -17,7 +17,8 @@ from ..calibration import apply_calibration, expected_calibration_error, fit_pla
 from ..errors import InputError
 from ..particles import ClassSet
 from .features import stat_features
-from .model import EVIDENCE, N_STAT, Combiner, ImageScorer, RankModel
+from .model import DOMAIN_NAMES, EVIDENCE, N_STAT, Combiner, ImageScorer, RankModel, RobustHead, domain_evidence
+from .rules import Domain, RuleModel, class_statistics, rule_features
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -184,7 +185,8 @@ def fine_tune(base: RankModel, sets: Sequence[Labelled], *, steps: int = 150, fo
 
     def adapt(rows: list[np.ndarray], s: int) -> RankModel:
         """The base model fine-tuned on ``rows`` (class positions per data set)."""
-        m = RankModel(copy.deepcopy(base.image), copy.deepcopy(base.combiner), dict(base.calibration), dict(base.info))
+        m = RankModel(copy.deepcopy(base.image), copy.deepcopy(base.combiner), dict(base.calibration), dict(base.info),
+                      base.robust)
         imgs = torch.cat([_resized(np.asarray(t.classes.images)[r], m.image.in_size) for t, r in zip(sets, rows)])
         y = np.concatenate([np.asarray(t.labels)[r] for t, r in zip(sets, rows)])
         w = np.concatenate([np.full(len(r), t.weight) for t, r in zip(sets, rows)])
@@ -220,3 +222,37 @@ def fine_tune(base: RankModel, sets: Sequence[Labelled], *, steps: int = 150, fo
     model.info["fine_tuned"] = {"classes": int(len(ys)), "accepted": int(ys.sum()), "steps": int(steps),
                                 "folds": int(folds), "seed": int(seed), "base": base.info.get("name", "")}
     return model
+
+
+def fit_robust_head(model: RankModel, sets: Sequence[Labelled], device="cpu", log: Callable[[str], None] = print,
+                    trained_on: dict[str, Any] | None = None) -> RobustHead:
+    """The model's ``RobustHead`` fitted on labelled Class2D runs (one generator's, so that the
+    other can test it): the monotone rule on their statistics, the sign-constrained stack of rule
+    and image logits, and the domain (ranges of their image evidence, statistics, pixel sizes and
+    boxes). The networks are not changed."""
+    from ..calibration import fit_logistic
+
+    if not sets:
+        raise InputError("the robust head needs labelled Class2D runs")
+    rf, il, ev, y, px, box = [], [], [], [], [], []
+    for s in sets:
+        e = model.evidence(s.classes, device=device)
+        hidden = e.copy()
+        hidden[:, :N_STAT] = np.nan
+        rf.append(rule_features(class_statistics(s.classes)))
+        il.append(model.combine(hidden, device))
+        ev.append(e)
+        y.append(np.asarray(s.labels, np.int64))
+        px.append(float(s.classes.pixel_size or np.nan))
+        box.append(int(s.classes.images.shape[-1]))
+    RF, IL, EV, Y = np.concatenate(rf), np.concatenate(il), np.concatenate(ev), np.concatenate(y)
+    if Y.min() == Y.max():
+        raise InputError(f"the robust head needs good and bad classes (got {int(Y.sum())} good of {len(Y)})")
+    rule = RuleModel.fit(RF, Y)
+    stack = fit_logistic(np.stack([rule.logit(RF), IL], 1), Y, signs=(1, 1))
+    domain = Domain.fit(DOMAIN_NAMES, domain_evidence(EV, RF), [p for p in px if np.isfinite(p)], box)
+    log(f"robust head: {len(sets)} runs, {len(Y)} classes ({int(Y.sum())} good); rule weights "
+        f"{', '.join(f'{w:.2f}' for w in rule.weights)}; stack bias {stack[0]:.2f}, rule {stack[1]:.2f}, "
+        f"image {stack[2]:.2f}")
+    return RobustHead(rule, stack, domain, dict(trained_on or {}, runs=len(sets), classes=int(len(Y)),
+                                                good=int(Y.sum())))

@@ -140,6 +140,11 @@ def _rank_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--combiner-steps", type=int, default=3000)
     g.add_argument("--cache", help="where generated data are cached (default ~/.cache/cryolens/rank)")
     g.add_argument("--report", help="write a JSON training report here")
+    r = p.add_argument_group("the robust head (rule, guard, training domain) from the foreign-generator corpus")
+    r.add_argument("--robust-from", metavar="DIR",
+                   help="fit the model's robust head on the Class2D runs of bench/corpus.py in DIR (networks unchanged)")
+    r.add_argument("--robust-generator", default="cryolens", choices=["cryolens", "relion_project"],
+                   help="fit on the runs of this generator only, so the other can test it (default: cryolens)")
 
 
 def _user_sets(args: argparse.Namespace) -> list:
@@ -204,6 +209,8 @@ def train_rank(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.from_scratch:
         return train_from_scratch(args)
+    if args.robust_from:
+        return fit_robust(args)
     t0 = time.perf_counter()
     sets = _user_sets(args)
     base = RankModel.load(args.model or None)
@@ -213,4 +220,26 @@ def train_rank(args: argparse.Namespace) -> int:
     model.save(args.out)
     print(f"wrote {args.out}: fine-tuned on {sum(len(s.labels) for s in sets)} classes in "
           f"{time.perf_counter() - t0:.0f} s; use it with --model {args.out}")
+    return 0
+
+
+def fit_robust(args: argparse.Namespace) -> int:
+    """``--robust-from``: the robust head of ``--model`` (default: the shipped one) fitted on one
+    generator's corpus runs; the networks and calibration stay as they are."""
+    from cryolens.core.errors import CryolensError
+    from cryolens.core.rank.model import RankModel
+    from cryolens.core.rank.train import Labelled, fit_robust_head
+    from cryolens.recipes.corpus import load_corpus
+
+    runs = load_corpus(args.robust_from, (args.robust_generator,))
+    if not runs:
+        raise CryolensError(f"no finished {args.robust_generator} runs in the corpus (bench/corpus.py build)",
+                            args.robust_from)
+    model = RankModel.load(args.model or None)
+    model.robust = fit_robust_head(model, [Labelled(r.classes, r.labels) for r in runs], device=args.device,
+                                   trained_on={"generator": args.robust_generator,
+                                               "run_names": [r.name for r in runs]})
+    model.info["robust_command"] = "cryolens " + " ".join(getattr(args, "argv", sys.argv[1:]))
+    model.save(args.out)
+    print(f"wrote {args.out}: robust head from {len(runs)} {args.robust_generator} runs")
     return 0
