@@ -386,6 +386,21 @@ def resample_map(vol: np.ndarray, pixel_size_in: float, box: int, pixel_size: fl
     return out, "spline"
 
 
+def mass_radius_A(vol: np.ndarray, pixel_size: float, threshold: float, fraction: float = 0.99) -> float:
+    """The radius (A) about the centre of mass that holds ``fraction`` of the density above
+    ``threshold``: how far a map's molecule reaches, robust to a few noise voxels at the edge."""
+    w = np.where(vol > threshold, vol, 0.0)
+    total = w.sum()
+    if total <= 0:
+        return 0.0
+    com = np.array(ndimage.center_of_mass(w))
+    idx = np.nonzero(w)
+    r = np.sqrt(sum((i - c) ** 2 for i, c in zip(idx, com))) * pixel_size
+    order = np.argsort(r)
+    cum = np.cumsum(w[idx][order]) / total
+    return float(r[order][min(int(np.searchsorted(cum, fraction)), len(r) - 1)])
+
+
 def from_map(path_or_array, box: int, pixel_size: float, source_pixel_size: float | None = None,
              mass_kda: float | None = None, recentre: bool = True, method: str = "auto",
              symmetry: str = "C1", name: str | None = None, mask: bool = True) -> Phantom:
@@ -397,7 +412,9 @@ def from_map(path_or_array, box: int, pixel_size: float, source_pixel_size: floa
     spherical mask (radius 0.45 box, cosine edge) applied (``mask``). The map is scaled to
     Da/A^3 like the generated phantoms: to ``mass_kda`` if given, else to the mass estimated
     from its volume on the original grid (:func:`estimate_mass_kda`, recorded as an estimate).
-    ``max_radius_A`` is the farthest voxel above the threshold.
+    ``max_radius_A`` is the farthest voxel above the threshold after resampling and masking;
+    the provenance's ``extent_A`` is the 99%-mass radius in the map as given (``mass_radius_A``),
+    which says whether the mask cut the molecule.
     """
     if isinstance(path_or_array, (str, os.PathLike)):
         path = Path(path_or_array)
@@ -421,6 +438,7 @@ def from_map(path_or_array, box: int, pixel_size: float, source_pixel_size: floa
     vol = np.asarray(vol, np.float64) - bg
     # the mass estimate and its threshold come from the map as given (its own sampling)
     m_est, thr = estimate_mass_kda(vol, float(source_pixel_size))
+    extent = mass_radius_A(vol, float(source_pixel_size), thr)
     out, used = resample_map(vol, float(source_pixel_size), box, pixel_size, method)
     shift_px = np.zeros(3)
     if recentre:  # centre of mass of the density above the threshold to D//2 (twice: spline shifts)
@@ -450,6 +468,6 @@ def from_map(path_or_array, box: int, pixel_size: float, source_pixel_size: floa
     prov = {"source": src, "source_pixel_size": float(source_pixel_size), "source_box": int(n),
             "background_subtracted": bg, "resample": used, "recentre_shift_px": (-shift_px[::-1]).tolist(),
             "mass_estimated": mass_kda is None, "mass_threshold": thr * scale, "scale_to_da_per_A3": scale,
-            "box": box, "pixel_size": pixel_size}
+            "box": box, "pixel_size": pixel_size, "extent_A": round(extent, 2)}
     return Phantom(out, float(pixel_size), name, round(target, 6), symmetry, jsonable(prov), "map", None, None,
                    round(float(rr), 2), bool(rr < FIT_FRACTION * box * pixel_size))

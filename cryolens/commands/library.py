@@ -66,6 +66,7 @@ def main(args: argparse.Namespace) -> int:
             from cryolens.core.maps import from_atomic_model
 
             ph = from_atomic_model(src, lib.box, lib.pixel_size)
+            lib.check_fits(ph.max_radius_A, name or Path(src).stem, src)
             lib.add_volume(ph.density, name or Path(src).stem, acc, str(src), ph.provenance, device=args.device)
         print(f"  + {lib.entries['name'].iloc[-1]}")
     if args.phantoms:

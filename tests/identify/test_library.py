@@ -101,3 +101,22 @@ def test_a_library_written_by_the_previous_cryolens_loads(tmp_path):
     back = Library.load(tmp_path / "old.npz")
     assert back.entries["accession"].tolist() == ["EMD-1"] and np.array_equal(back.references, lib.references)
     assert back.decoys is None and back.embeddings is None
+
+
+def test_a_map_larger_than_the_library_mask_is_refused_with_the_box_it_needs(tmp_path):
+    """A molecule reaching past the references' mask would be cut silently: refused, naming the
+    file and a box that would hold it; one that fits is taken."""
+    from cryolens.core.mrc import write_map
+
+    box, px = 48, 4.0
+    z, y, x = np.indices((96,) * 3) - 48
+    r = np.sqrt(x * x + y * y + z * z)
+    big, small = tmp_path / "big.mrc", tmp_path / "small.mrc"
+    write_map(big, (r < 30).astype(np.float32), 4.0)  # radius 120 A; the mask reaches 0.45 x 48 x 4 = 86 A
+    write_map(small, (r < 12).astype(np.float32), 4.0)  # radius 48 A
+    lib = Library(box, px, 15.0, 6)
+    with pytest.raises(InputError) as err:
+        lib.add_map_file(big)
+    assert "big.mrc" in str(err.value) and "beyond the library's mask" in str(err.value)
+    assert "box of at least 68 px" in str(err.value)
+    assert lib.add_map_file(small) == 0 and len(lib) == 1
