@@ -6,8 +6,10 @@ Data: the corpus of ``bench/corpus.py`` (genuine relion_refine Class2D runs; par
 fitted on the training side (runs of ``--train-generator`` whose proteins are not in the test
 side), every figure is per test run. Scorers, all on the same test runs:
 
-* ``cryolens`` (the shipped model, class statistics + images), ``cryolens_images`` (the same classes
-  as a bare stack: images only);
+* ``cryolens`` (the model's networks with its robust head fitted here on the training side: the
+  monotone rule and the image logit stacked, the guard, the training domain with the rule as
+  fallback), ``cryolens_legacy`` (the same networks scored as before the robust head: class statistics
+  and images through the combiner), ``cryolens_images`` (the same classes as a bare stack);
 * the rules: ``rule_resolution`` (RELION's estimated resolution alone), ``rule_count`` (particles),
   ``rule_accuracy`` (rotational accuracy, unconverged = worst), ``rule_logistic`` (the monotone
   ``RuleModel`` on all three, fitted on the training side).
@@ -43,18 +45,47 @@ def rule_scorers(train) -> dict:
             "rule_accuracy": single("log_acc_rot", -1), "rule_logistic": lambda r: rule.score(r.classes)}, rule
 
 
-def model_scorers(path: str | None) -> dict:
-    from cryolens.core.rank import RankModel
-    from cryolens.core.particles import ClassSet
+def model_scorers(path: str | None, train) -> tuple[dict, object]:
+    import copy
 
-    model = RankModel.load(path)
+    from cryolens.core.particles import ClassSet
+    from cryolens.core.rank import RankModel
+    from cryolens.core.rank.train import Labelled, fit_robust_head
+
+    legacy = RankModel.load(path)
+    legacy.robust = None
+    robust = copy.copy(legacy)
+    robust.robust = fit_robust_head(legacy, [Labelled(r.classes, r.labels) for r in train], log=lambda s: None)
 
     def images_only(r):
         cs = r.classes
         bare = ClassSet(cs.table[["class_id"]].copy(), cs.images, cs.pixel_size, None, cs.source, {})
-        return model.score(bare).probability
+        return legacy.score(bare).probability
 
-    return {"cryolens": lambda r: model.score(r.classes).probability, "cryolens_images": images_only}
+    return {"cryolens": lambda r: robust.score(r.classes).probability,
+            "cryolens_legacy": lambda r: legacy.score(r.classes).probability,
+            "cryolens_images": images_only}, robust
+
+
+def auto_selection(model, runs) -> dict:
+    """``--select auto`` on every run: good-particle recall and particle precision, per run."""
+    from protocol import selection_figures
+
+    from cryolens.core.rank.features import class_counts
+    from cryolens.core.rank.threshold import selection_cut
+
+    rows = []
+    for r in runs:
+        sc = model.score(r.classes)
+        cut, _ = selection_cut(sc.probability, class_counts(r.classes), "auto")
+        f = selection_figures(sc.probability >= cut, r)
+        rows.append({"run": r.name, "scored_by": sc.source, **f})
+    rec = np.array([x["recall_good_particles"] for x in rows], float)
+    pre = np.array([x["precision_particles"] for x in rows], float)
+    return {"per_run": rows, "recall_median": float(np.nanmedian(rec)) if len(rec) else None,
+            "recall_worst": float(np.nanmin(rec)) if len(rec) else None,
+            "precision_median": float(np.nanmedian(pre)) if len(pre) else None,
+            "precision_worst": float(np.nanmin(pre)) if len(pre) else None}
 
 
 def main(argv=None) -> int:
@@ -71,11 +102,14 @@ def main(argv=None) -> int:
     train = [r for r in tr if r.generator == args.train_generator]
     test = [r for r in te if r.generator == test_gen]
     rules, rule = rule_scorers(train)
-    scorers = {**model_scorers(args.model), **rules}
-    table = per_run(test, scorers)
+    models, robust = model_scorers(args.model, train)
+    table = per_run(test, {**models, **rules})
+    medians = table[table["scorer"].isin(list(rules))].groupby("scorer")["auroc"].median()
+    best_rule = str(medians.idxmax()) if medians.notna().any() else "rule_logistic"
     out = {"benchmark": "rank_foreign", "corpus": str(args.corpus), "train_generator": args.train_generator,
            "test_generator": test_gen, "train_runs": [r.name for r in train], "test_runs": [r.name for r in test],
-           "rule_fitted": rule.to_dict(), "summary": summarise(table, best_rule="rule_logistic"),
+           "rule_fitted": rule.to_dict(), "robust_head": robust.robust.to_dict(),
+           "best_rule": best_rule, "summary": summarise(table, best_rule=best_rule), "auto": auto_selection(robust, test),
            "per_run": table.to_dict(orient="records"), "seconds": time.perf_counter() - t0}
     text = json.dumps(out, indent=1, default=float)
     if args.out:

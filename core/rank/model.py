@@ -143,15 +143,16 @@ class RobustHead:
     stack: list[float]  # [bias, w_rule, w_image]
     domain: Domain
     trained_on: dict[str, Any] = field(default_factory=dict)
+    image_calibration: dict[str, Any] | None = None  # Platt on the same runs' classes as a bare stack
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule.to_dict(), "stack": list(self.stack), "domain": self.domain.to_dict(),
-                "trained_on": self.trained_on}
+                "trained_on": self.trained_on, "image_calibration": self.image_calibration}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RobustHead":
         return cls(RuleModel.from_dict(d["rule"]), [float(v) for v in d["stack"]], Domain.from_dict(d["domain"]),
-                   dict(d.get("trained_on") or {}))
+                   dict(d.get("trained_on") or {}), d.get("image_calibration"))
 
 
 def domain_evidence(evidence: np.ndarray, rule_feats: np.ndarray) -> np.ndarray:
@@ -213,7 +214,10 @@ class RankModel:
             sc = self._robust_score(cs, ev, device)
         else:
             logit = self.combine(ev, device)
-            sc = Scores(apply_calibration(self.calibration.get(mode), logit), logit, ev, mode)
+            cal = self.calibration.get(mode)
+            if self.robust is not None and self.robust.image_calibration and mode == "image":
+                cal = self.robust.image_calibration  # calibrated on RELION-made averages
+            sc = Scores(apply_calibration(cal, logit), logit, ev, mode)
             if self.robust is not None:  # a bare stack: no rule to fall back on, but say so
                 why = self.robust.domain.check(domain_evidence(ev, rule_features(class_statistics(cs))),
                                                cs.pixel_size, None if cs.images is None else cs.images.shape[-1])

@@ -251,8 +251,9 @@ def fit_robust_head(model: RankModel, sets: Sequence[Labelled], device="cpu", lo
     rule = RuleModel.fit(RF, Y)
     stack = fit_logistic(np.stack([rule.logit(RF), IL], 1), Y, signs=(1, 1))
     domain = Domain.fit(DOMAIN_NAMES, domain_evidence(EV, RF), [p for p in px if np.isfinite(p)], box)
+    image_cal = fit_platt(IL, Y)
     log(f"robust head: {len(sets)} runs, {len(Y)} classes ({int(Y.sum())} good); rule weights "
         f"{', '.join(f'{w:.2f}' for w in rule.weights)}; stack bias {stack[0]:.2f}, rule {stack[1]:.2f}, "
         f"image {stack[2]:.2f}")
     return RobustHead(rule, stack, domain, dict(trained_on or {}, runs=len(sets), classes=int(len(Y)),
-                                                good=int(Y.sum())))
+                                                good=int(Y.sum())), image_cal)
