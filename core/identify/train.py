@@ -22,6 +22,8 @@ synthetic stage-I groups.
 Calibration. Held-out phantoms make a small library; class averages simulated from particles
 (``synthesize_classes``) of library proteins, of proteins missing from the library, and junk
 classes are scored in every mode; a logistic model of P(top-1 right) is fitted per mode.
+``calibrate_on_classes`` fits the same logistic on labelled class averages from elsewhere (RELION
+classes a facility has named, the foreign-generator corpus of ``bench/corpus.py``).
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from ..calibration import fit_logistic, logistic
 from ..projector import Projector
 from ..runtime import is_main_process
 from ..simulate.classes import class_average_like
-from .decoys import build_decoys
+from .decoys import build_decoys, prepare_library
 from .library import Library
 from .model import MODES, IdentityModel
 from .score import confidence_features, decoy_z, prepare_queries, score_entries
@@ -212,26 +214,94 @@ def calibrate(model: IdentityModel, known, unknown, cfg: RecipeConfig, log: Call
     images = np.concatenate([qk, qu])
     truth = np.concatenate([nk, np.full(len(qu), "")])
     q = prepare_queries(images, cfg.pixel_size, lib)
-    names = lib.entries["name"].astype(str).to_numpy()
     report: dict[str, Any] = {"n_known": int(len(qk)), "n_unknown": int(len(qu)), "library_entries": len(lib)}
+    report.update(_fit_modes(model, lib, q, truth, np.arange(len(truth)) < len(qk), modes, log, refit_shortlist=True))
+    return report
+
+
+def _fit_modes(model: IdentityModel, lib: Library, q: torch.Tensor, truth: np.ndarray, known: np.ndarray, modes,
+               log: Callable[[str], None], refit_shortlist: bool = False, scores: dict | None = None,
+               min_each: int = 0, l2: float = 1e-3, min_confidence: float = 0.5) -> dict[str, Any]:
+    """Per mode: score the prepared queries ``q`` against ``lib`` (or take ``scores[mode]``), fit the
+    logistic of P(top-1 right) on ``confidence_features`` and store it in ``model.calibration``.
+    ``truth``: per query the name of its entry (anything else: the query has no right answer);
+    ``known``: the queries counted as known in the figures. ``refit_shortlist``: the embedding
+    mode also sets the combined mode's shortlist bar (``shortlist_z``). A mode with fewer than
+    ``min_each`` right or wrong top-1 answers keeps the calibration it has. Returns the figures."""
+    names = lib.entries["name"].astype(str).to_numpy()
+    truth = np.asarray(truth).astype(str)
+    report: dict[str, Any] = {}
     for mode in modes:
         t = time.perf_counter()
-        es = score_entries(q, lib, mode, model)
+        es = scores[mode] if scores is not None and mode in scores else score_entries(q, lib, mode, model)
         f = confidence_features(es)
         top1 = names[np.argmax(np.where(np.isfinite(es.scores), es.scores, -np.inf), 1)]
         correct = top1 == truth
-        if mode == "embedding":  # how far down the true entry can sit: the combined mode's shortlist
+        if mode == "embedding" and refit_shortlist:  # how far down the true entry can sit: the combined mode's shortlist
             model.meta["shortlist_z"] = shortlist_z(es, names, truth)
             report["shortlist_z"] = model.meta["shortlist_z"]
-        model.calibration[mode] = fit_logistic(f, correct)
-        conf = logistic(f, model.calibration[mode])
-        report[mode] = {"top1_known": float(correct[: len(qk)].mean()), "seconds": time.perf_counter() - t,
-                        "mean_confidence_known": float(conf[: len(qk)].mean()),
-                        "mean_confidence_unknown": float(conf[len(qk):].mean())}
+        before = model.calibration.get(mode)
+        n_right = int(correct.sum())
+        fitted = min(n_right, len(correct) - n_right) >= min_each
+        if fitted:
+            model.calibration[mode] = fit_logistic(f, correct, l2=l2)
+        r: dict[str, Any] = {"top1_known": float(correct[known].mean()) if known.any() else float("nan"),
+                             "seconds": time.perf_counter() - t}
+        if min_each:
+            r.update({"right": n_right, "wrong": int(len(correct) - n_right), "fitted": bool(fitted)})
+        if mode in model.calibration:
+            conf = logistic(f, model.calibration[mode])
+            r["mean_confidence_known"] = float(conf[known].mean()) if known.any() else float("nan")
+            r["mean_confidence_unknown"] = float(conf[~known].mean()) if (~known).any() else float("nan")
+            if min_each:  # on the fitting classes themselves: named (>= min_confidence) and wrong
+                r["confidently_wrong"] = float(((conf >= min_confidence) & ~correct).mean())
+                if before is not None:
+                    r["confidently_wrong_before"] = float(((logistic(f, before) >= min_confidence) & ~correct).mean())
         if mode == "combined":
-            report[mode].update(shortlist_figures(es, names, truth))
-        log(f"calibration {mode}: top-1 on known {report[mode]['top1_known']:.3f}, mean confidence "
-            f"known {report[mode]['mean_confidence_known']:.2f} / unknown {report[mode]['mean_confidence_unknown']:.2f}")
+            r.update(shortlist_figures(es, names, truth))
+        report[mode] = r
+        if not fitted:
+            log(f"calibration {mode}: {n_right} right and {len(correct) - n_right} wrong top-1 answers, fewer than "
+                f"{min_each} of one kind: the calibration it had is kept")
+        elif "mean_confidence_known" in r:
+            log(f"calibration {mode}: top-1 on known {r['top1_known']:.3f}, mean confidence "
+                f"known {r['mean_confidence_known']:.2f} / unknown {r['mean_confidence_unknown']:.2f}")
+    return report
+
+
+def calibrate_on_classes(model: IdentityModel, library: Library, images, pixel_size: float, truth,
+                         modes=MODES, scores: dict | None = None, min_each: int = 2, l2: float | None = None,
+                         log: Callable[[str], None] = print, note: str = "") -> dict[str, Any]:
+    """Refit each mode's confidence calibration on labelled class averages of any origin (RELION or
+    cryoSPARC classes a facility has named, the foreign-generator corpus), so that "unknown" is
+    calibrated on the data it will meet rather than on cryolens's simulator. The encoder and the
+    combined mode's shortlist bar are left as they are.
+
+    ``truth`` per class: the name of its ``library`` entry, or anything that names no entry (``""``,
+    ``"unknown"``, a protein missing from the library, junk): a class whose right answer is
+    "unknown". Features and fit are the recipe's (``confidence_features``, ``fit_logistic``); only the
+    data differ. A mode with fewer than ``min_each`` right or wrong top-1 answers cannot be fitted
+    and keeps its calibration (said in the report and the log). ``l2`` (default ``max(1e-3, 1/n)``
+    for n classes): a few dozen classes are often separable, and an unpenalised fit would answer
+    with confidence 0 or 1. ``scores``: ``EntryScores`` per mode already computed for these images
+    against ``library`` (``score_entries`` on ``prepare_queries``), not computed again. The library
+    gets its decoys and embeddings if it lacks them (``prepare_library``). Updates ``model`` (its
+    calibration, and a stage in its meta) and returns the figures per mode."""
+    truth = np.asarray(truth).astype(str)
+    prepare_library(library, model if any(m != "correlation" for m in modes) else None)
+    q = prepare_queries(images, pixel_size, library)
+    if len(truth) != len(q):
+        raise ValueError(f"{len(q)} class averages but {len(truth)} labels")
+    names = library.entries["name"].astype(str).to_numpy()
+    known = np.isin(truth, names)
+    l2 = max(1e-3, 1.0 / max(len(truth), 1)) if l2 is None else l2
+    report: dict[str, Any] = {"n_classes": int(len(truth)), "n_known": int(known.sum()),
+                              "n_unknown": int((~known).sum()), "library_entries": len(library), "l2": l2}
+    report.update(_fit_modes(model, library, q, truth, known, modes, log, scores=scores, min_each=min_each, l2=l2))
+    model.meta.setdefault("stages", []).append({
+        "stage": "calibration on labelled classes", "note": note, "classes": report["n_classes"],
+        "known": report["n_known"], "library_entries": len(library), "l2": l2,
+        "modes": [m for m in modes if report[m].get("fitted")]})
     return report
 
 
