@@ -129,6 +129,8 @@ def draw_spec(index: int, seed: int, generator: str, have_models: bool, budget_s
                    tau2_fudge=float(np.round(rng.uniform(1, 4), 2)),
                    ctf=str(rng.choice(["ctf", "phase_flipped", "none"], p=[0.6, 0.2, 0.2])),
                    voltage=float(rng.choice([300.0, 200.0], p=[0.8, 0.2])))
+    if generator == "cryolens":  # its simulator always applies the CTF (and writes it in the star)
+        spec.ctf = "ctf"
     spec.K = max(4, min(spec.K, spec.n_particles // 40))  # facilities aim at >= 40 particles a class
     while estimate_seconds(spec) > budget_s and spec.iterations > 5:
         spec.iterations -= 1

@@ -19,12 +19,18 @@ from cryolens.core.calibration import auroc
 from cryolens.recipes.corpus import CorpusRun, load_corpus  # noqa: F401 (the protocol's data)
 
 
+def draw_proteins(proteins, share: float, seed: int = 0) -> set[str]:
+    """A seeded draw of ``round(share * n)`` of the proteins (sorted first, so the draw depends on
+    the names only): the side of a split by protein."""
+    proteins = sorted(set(proteins))
+    rng = np.random.default_rng(seed)
+    return set(rng.choice(proteins, int(round(share * len(proteins))), replace=False)) if proteins else set()
+
+
 def split_by_protein(runs: list[CorpusRun], test_share: float = 0.5, seed: int = 0) -> tuple[list, list]:
     """(train, test): proteins are drawn into the test side; a run goes to test when all its proteins
     are test proteins, to train when none is, and is dropped when it mixes both."""
-    proteins = sorted(set().union(*(r.proteins for r in runs))) if runs else []
-    rng = np.random.default_rng(seed)
-    test_p = set(rng.choice(proteins, int(round(test_share * len(proteins))), replace=False)) if proteins else set()
+    test_p = draw_proteins(set().union(*(r.proteins for r in runs)) if runs else [], test_share, seed)
     train = [r for r in runs if not (r.proteins & test_p)]
     test = [r for r in runs if r.proteins <= test_p]
     return train, test
@@ -55,19 +61,22 @@ def per_run(runs: list[CorpusRun], scorers: dict[str, Callable[[CorpusRun], np.n
     return pd.DataFrame(rows)
 
 
-def summarise(table: pd.DataFrame, metric: str = "auroc", best_rule: str | None = None) -> dict:
-    """Per scorer: median, mean, worst (min) over runs where the metric is defined, the run count;
-    with ``best_rule``: the share of runs where the scorer is above that rule, and its worst deficit."""
+def summarise(table: pd.DataFrame, metric: str = "auroc", best_rule: str | None = None,
+              lower_is_better: bool = False) -> dict:
+    """Per scorer: median, mean, worst (min; max when ``lower_is_better``, e.g. an error rate) over
+    runs where the metric is defined, the run count; with ``best_rule``: the share of runs where the
+    scorer is better than that rule, and its worst deficit."""
     out = {}
     for name, g in table.groupby("scorer", sort=False):
         v = g.set_index("run")[metric].dropna()
+        worst = v.idxmax() if lower_is_better and len(v) else v.idxmin() if len(v) else ""
         row = {"runs": int(len(v)), "median": float(v.median()) if len(v) else float("nan"),
                "mean": float(v.mean()) if len(v) else float("nan"),
-               "worst": float(v.min()) if len(v) else float("nan"),
-               "worst_run": str(v.idxmin()) if len(v) else ""}
+               "worst": float(v[worst]) if len(v) else float("nan"),
+               "worst_run": str(worst)}
         if best_rule is not None and name != best_rule:
             rule = table[table["scorer"] == best_rule].set_index("run")[metric].reindex(v.index)
-            d = (v - rule).dropna()
+            d = ((rule - v) if lower_is_better else (v - rule)).dropna()
             row["above_rule_share"] = float((d > 0).mean()) if len(d) else float("nan")
             row["worst_deficit_vs_rule"] = float(-d.min()) if len(d) else float("nan")
         out[name] = row
