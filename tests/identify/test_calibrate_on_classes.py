@@ -3,6 +3,8 @@
 proteins' classes, and kept in the model file."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -53,7 +55,7 @@ def test_calibration_on_labelled_classes_lowers_confident_errors_on_other_protei
     lib, shipped, images, truth, fit, scores = setting
     # "overconfident": a calibration that names everything, as the shipped one did on RELION classes
     cal = {m: [4.0, 0.0, 0.0, 0.0] for m in MODES} if start == "overconfident" else dict(shipped.calibration)
-    model = IdentityModel(shipped.encoder, dict(cal), dict(shipped.meta))
+    model = IdentityModel(shipped.encoder, dict(cal), copy.deepcopy(shipped.meta))
     held = ~fit
     before = {m: confidently_wrong(model, lib, scores[m], truth, held, m) for m in MODES}
     labels = np.where(np.isin(truth, lib.entries["name"]), truth, "unknown")  # missing proteins: "unknown"
@@ -80,8 +82,8 @@ def test_calibration_on_labelled_classes_lowers_confident_errors_on_other_protei
 
 
 def test_a_mode_whose_classes_are_all_wrong_keeps_its_calibration(setting):
-    lib, shipped, images, truth, fit, scores = setting
-    model = IdentityModel(shipped.encoder, dict(shipped.calibration), dict(shipped.meta))
+    lib, shipped, images, truth, _, scores = setting
+    model = IdentityModel(shipped.encoder, dict(shipped.calibration), copy.deepcopy(shipped.meta))
     said = []
     report = calibrate_on_classes(model, lib, images, PX, np.full(len(truth), ""), modes=("correlation",),
                                   scores=scores, log=said.append)
