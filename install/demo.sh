@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-demo_out}"
-CL=".venv/bin/cryolens"
+CL="$PWD/.venv/bin/cryolens"  # absolute: one step runs inside $OUT
 rm -rf "$OUT"
 $CL simulate "$OUT" --n 1000 --species 3 --snr 0.1 --junk 0.1 --classes 12 --seed 0
 $CL info "$OUT/Simulated/particles.star" --stats
@@ -13,7 +13,7 @@ $CL convert "$OUT/Simulated/particles.star" "$OUT/Simulated/particles.cs"
 $CL info "$OUT/Simulated/particles.cs"
 $CL convert "$OUT/Simulated/particles.cs" "$OUT/roundtrip.star" --project-dir "$OUT"
 # a registered job from the shell (the same job runs as a RELION External job: cryolens-relion-select)
-(cd "$OUT" && "../$CL" run select --particles Simulated/particles.star --out Select --column rlnDefocusU --max_quantile 0.5)
+(cd "$OUT" && "$CL" run select --particles Simulated/particles.star --out Select --column rlnDefocusU --max_quantile 0.5)
 # identify: which protein is each class? A library of the three maps plus 12 decoy phantoms, then
 # the identify job on the bare stack of class averages (junk classes should come back "unknown")
 $CL library build "$OUT/library.npz" --maps "$OUT"/Simulated/map_*.mrc --phantoms 12 --phantom-seed 99 --views 100
