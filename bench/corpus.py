@@ -25,7 +25,8 @@ Usage::
 Each run is ``<out>/run_NNNN/`` with ``spec.json``, ``Particles/``, ``Class2D/job001/`` (RELION's
 own files), ``particles_truth.csv``, ``classes_truth.csv`` and ``DONE``; an interrupted run is
 redone from scratch, a finished one is skipped. The corpus stays out of git (it is large);
-``tests/data/corpus_slice/`` holds a small fixed slice of it for tests (``slice``).
+``tests/data/corpus_slice/`` holds a small fixed slice of it for tests
+(``python bench/corpus.py slice --to tests/data/corpus_slice run_NNNN ...``).
 SNR is the variance of the noise-free, CTF-modulated projections inside the particle's disk over
 the variance of the added white noise.
 """
@@ -459,6 +460,26 @@ def summary(out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def make_slice(out: Path, runs: list[str], dest: Path) -> list[Path]:
+    """Copy the files a class-level test needs of some finished runs (spec, truth, the last Class2D
+    iteration's data/model/optimiser stars and class stack; no particle images) to ``dest``."""
+    written = []
+    for name in runs:
+        src = out / name
+        if not (src / "DONE").exists():
+            raise SystemExit(f"{src} is not a finished run")
+        spec = json.loads((src / "spec.json").read_text())
+        it = f"run_it{spec['iterations']:03d}"
+        d = dest / name
+        (d / "Class2D" / "job001").mkdir(parents=True, exist_ok=True)
+        for f in ("spec.json", "classes_truth.csv", "DONE"):
+            shutil.copy2(src / f, d / f)
+        for f in (f"{it}_data.star", f"{it}_model.star", f"{it}_optimiser.star", f"{it}_classes.mrcs"):
+            shutil.copy2(src / "Class2D" / "job001" / f, d / "Class2D" / "job001" / f)
+        written.append(d)
+    return written
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -473,7 +494,15 @@ def main(argv=None) -> int:
                    help="every Nth run uses cryolens's simulator for the particles (0: never)")
     s = sub.add_parser("summary", help="one line per finished run")
     s.add_argument("--out", type=Path, default=default_out())
+    c = sub.add_parser("slice", help="copy the class-level files of some runs (for tests/data/corpus_slice)")
+    c.add_argument("--out", type=Path, default=default_out())
+    c.add_argument("--to", type=Path, required=True)
+    c.add_argument("runs", nargs="+")
     args = ap.parse_args(argv)
+    if args.cmd == "slice":
+        for d in make_slice(args.out, args.runs, args.to):
+            print(f"wrote {d}")
+        return 0
     if args.cmd == "summary":
         print(summary(args.out).to_string(index=False))
         return 0
