@@ -183,10 +183,14 @@ class Domain:
                        f"{self.pixel_size[1]:.2f} A")
         if box and not (0.8 * self.box[0] <= box <= 1.25 * self.box[1]):
             why.append(f"box {box} px outside the trained {self.box[0]:.0f}-{self.box[1]:.0f} px")
-        share = self.outside_share(evidence)
-        bad = [f"{self.names[i]} ({100 * share[i]:.0f}%)" for i in np.argsort(-share) if share[i] > self.max_outside]
-        if bad:
-            why.append("classes outside the trained range of " + ", ".join(bad[:4]))
+        X = np.asarray(evidence, np.float64)
+        share = self.outside_share(X)
+        counted = np.isfinite(X).sum(0)
+        pooled = float((share * counted).sum() / max(counted.sum(), 1))
+        if pooled > self.max_outside:  # too many (class, feature) values outside their trained ranges
+            worst = [f"{self.names[i]} ({100 * share[i]:.0f}%)" for i in np.argsort(-share)[:4] if share[i] > 0]
+            why.append(f"{100 * pooled:.0f}% of the class features outside their trained ranges, most: "
+                       + ", ".join(worst))
         return why
 
     def to_dict(self) -> dict[str, Any]:

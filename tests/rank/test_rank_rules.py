@@ -58,11 +58,15 @@ def test_guard_caps_unconverged_tiny_and_empty_classes_at_the_rule():
 
 def test_domain_check_names_what_is_outside():
     rng = np.random.default_rng(1)
-    ev = rng.normal(size=(300, 3))
-    dom = Domain.fit(["a", "b", "c"], ev, [2.0, 4.0], [64, 128])
-    assert dom.check(rng.normal(size=(20, 3)), 3.0, 96) == []
-    far = rng.normal(size=(20, 3))
+    names = ["a", "b", "c", "d", "e"]
+    dom = Domain.fit(names, rng.normal(size=(300, 5)), [2.0, 4.0], [64, 128])
+    assert dom.check(rng.normal(size=(20, 5)), 3.0, 96) == []
+    far = rng.normal(size=(20, 5))
     far[:, 1] += 50
+    assert dom.check(far, 3.0, 96) == []  # one feature of five off: a fifth of the values, under the bar
+    far[:, 2] += 50
+    far[:, 3] -= 50
     why = dom.check(far, 9.0, 96)
-    assert any("pixel size 9.00" in w for w in why) and any("b (100%)" in w for w in why)
+    assert any("pixel size 9.00" in w for w in why)
+    assert any("60% of the class features" in w and "b (100%)" in w for w in why)
     assert Domain.from_dict(dom.to_dict()).check(far, 9.0, 96) == why
