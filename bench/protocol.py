@@ -24,7 +24,7 @@ def draw_proteins(proteins, share: float, seed: int = 0) -> set[str]:
     the names only): the side of a split by protein."""
     proteins = sorted(set(proteins))
     rng = np.random.default_rng(seed)
-    return set(rng.choice(proteins, int(round(share * len(proteins))), replace=False)) if proteins else set()
+    return {str(p) for p in rng.choice(proteins, int(round(share * len(proteins))), replace=False)} if proteins else set()
 
 
 def split_by_protein(runs: list[CorpusRun], test_share: float = 0.5, seed: int = 0) -> tuple[list, list]:
