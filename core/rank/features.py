@@ -31,6 +31,7 @@ from ..images import fourier_resize, normalize_in_mask, radial_frequency_grid, r
 from ..particles import ClassSet
 
 FEATURE_BOX = 64
+WORST_ACC_ROT = 180.0  # an unconverged class's rotational accuracy (degrees): RELION writes 999
 DISK = 0.46  # radius of the analysed disk, fraction of the box (class averages are masked near 0.5)
 
 # Column orders of the feature tables: the shipped rank model (core/weights/rank.pt) was trained
@@ -103,10 +104,14 @@ def stat_features(cs: ClassSet) -> np.ndarray:
         empty = np.where(np.isfinite(n), (n <= 0).astype(float), np.nan)
         feats["empty"] = np.where(np.isinf(res), 1.0, empty)
         acc = _col(t, "acc_rot")
-        log_acc = np.log1p(np.clip(acc, 0, 180))
+        if np.isfinite(acc).any():  # the source gives accuracies: a missing one is RELION's 999 (unconverged)
+            acc = np.where(np.isfinite(acc), acc, WORST_ACC_ROT)
+        log_acc = np.log1p(np.clip(acc, 0, WORST_ACC_ROT))
         feats["log_acc_rot"] = log_acc
         feats["rel_acc_rot"] = log_acc - np.nanmedian(log_acc) if np.isfinite(acc).any() else np.nan
         tr = _col(t, "acc_trans")
+        if np.isfinite(tr).any():
+            tr = np.where(np.isfinite(tr), tr, np.inf)  # clipped to the worst value below
         feats["acc_trans_px"] = np.log1p(np.clip(tr / px, 0, 100)) if np.isfinite(px) else np.nan
         for name in ("ess", "posterior", "completeness"):
             feats[name] = _col(t, name)

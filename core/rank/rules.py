@@ -24,12 +24,11 @@ from typing import Any
 import numpy as np
 
 from ..particles import ClassSet
-from .features import class_counts
+from .features import WORST_ACC_ROT, class_counts
 
 RULE_FEATURES = ("log_count", "rel_count", "inv_res", "rel_res", "log_acc_rot")
 RULE_SIGNS = (1.0, 1.0, 1.0, 1.0, -1.0)  # the direction in which a statistic makes a class better
 MIN_PARTICLES = 10  # fewer members than this: a tiny class (nothing worth keeping, whatever it shows)
-WORST_ACC_ROT = 180.0  # an unconverged class's rotational accuracy (degrees)
 
 
 # -- statistics ------------------------------------------------------------------------------------
