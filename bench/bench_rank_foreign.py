@@ -93,12 +93,14 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus", type=Path, default=Path.home() / ".cache" / "cryolens" / "corpus")
     ap.add_argument("--model", help="rank model (default: the shipped one)")
     ap.add_argument("--train-generator", default="cryolens", choices=["cryolens", "relion_project"])
+    ap.add_argument("--split", default="generator+protein", choices=["generator+protein", "generator"],
+                    help="test runs share no protein with training runs (default), or only the generator differs")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     runs = load_corpus(args.corpus)
     test_gen = "relion_project" if args.train_generator == "cryolens" else "cryolens"
-    tr, te = split_by_protein(runs, seed=0)
+    tr, te = split_by_protein(runs, seed=0) if args.split == "generator+protein" else (runs, runs)
     train = [r for r in tr if r.generator == args.train_generator]
     test = [r for r in te if r.generator == test_gen]
     rules, rule = rule_scorers(train)
@@ -106,7 +108,8 @@ def main(argv=None) -> int:
     table = per_run(test, {**models, **rules})
     medians = table[table["scorer"].isin(list(rules))].groupby("scorer")["auroc"].median()
     best_rule = str(medians.idxmax()) if medians.notna().any() else "rule_logistic"
-    out = {"benchmark": "rank_foreign", "corpus": str(args.corpus), "train_generator": args.train_generator,
+    out = {"benchmark": "rank_foreign", "corpus": str(args.corpus), "split": args.split,
+           "train_generator": args.train_generator,
            "test_generator": test_gen, "train_runs": [r.name for r in train], "test_runs": [r.name for r in test],
            "rule_fitted": rule.to_dict(), "robust_head": robust.robust.to_dict(),
            "best_rule": best_rule, "summary": summarise(table, best_rule=best_rule), "auto": auto_selection(robust, test),
