@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import draw_proteins, load_corpus, summarise  # noqa: E402
+from protocol import draw_proteins, emit, load_corpus, summarise  # noqa: E402
 
 from cryolens.core.calibration import auroc, logistic  # noqa: E402
 from cryolens.core.identify import MODES  # noqa: E402
@@ -272,10 +271,7 @@ def main(argv=None) -> int:
            "per_run": table.to_dict(orient="records"),
            "per_class": pd.concat(classes).drop(columns=["run_index", "row"]).to_dict(orient="records")
            if classes else [], "seconds": time.perf_counter() - t0}
-    text = json.dumps(out, indent=1, default=float)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    emit(out, args.out)
     return 0
 
 

@@ -19,7 +19,6 @@ side), every figure is per test run. Scorers, all on the same test runs:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import load_corpus, per_run, split_by_protein, summarise  # noqa: E402
+from protocol import emit, load_corpus, per_run, split_by_protein, summarise  # noqa: E402
 
 
 def rule_scorers(train) -> dict:
@@ -114,10 +113,7 @@ def main(argv=None) -> int:
            "rule_fitted": rule.to_dict(), "robust_head": robust.robust.to_dict(),
            "best_rule": best_rule, "summary": summarise(table, best_rule=best_rule), "auto": auto_selection(robust, test),
            "per_run": table.to_dict(orient="records"), "seconds": time.perf_counter() - t0}
-    text = json.dumps(out, indent=1, default=float)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    emit(out, args.out)
     return 0
 
 

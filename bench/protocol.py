@@ -10,6 +10,7 @@ splits it and turns per-run scores into the figures the benchmarks print (``per_
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -81,3 +82,13 @@ def summarise(table: pd.DataFrame, metric: str = "auroc", best_rule: str | None 
             row["worst_deficit_vs_rule"] = float(-d.min()) if len(d) else float("nan")
         out[name] = row
     return out
+
+
+def emit(result: dict, path=None) -> None:
+    """A benchmark's JSON: printed, and written to ``path`` when given."""
+    import json
+
+    text = json.dumps(result, indent=1, default=float)
+    if path:
+        Path(path).write_text(text)
+    print(text)

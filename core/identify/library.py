@@ -68,22 +68,6 @@ class Decoys:
     def __len__(self) -> int:
         return len(self.references) // self.n_views
 
-    @property
-    def mask_radius_A(self) -> float:
-        """The references' soft mask (``render_references``): 0.45 of the box."""
-        return 0.45 * self.box * self.pixel_size
-
-    def check_fits(self, extent_A: float | None, name: str, path=None) -> None:
-        """Refuse a map whose molecule reaches beyond the references' mask: it would be cut
-        silently, and its references would match nothing. Says which box would hold it."""
-        if extent_A is None or extent_A <= self.mask_radius_A:
-            return
-        need = int(np.ceil(extent_A / (0.45 * self.pixel_size) / 2) * 2)
-        raise InputError(f"{name}: 99% of its density lies within {extent_A:.0f} A of its centre, beyond the "
-                         f"library's mask ({self.mask_radius_A:.0f} A = 0.45 x box {self.box} x {self.pixel_size:g} "
-                         f"A): it would be cut. Build a library with a box of at least {need} px at "
-                         f"{self.pixel_size:g} A/px, or a larger pixel size", path)
-
     def entry_of_reference(self) -> np.ndarray:
         return np.repeat(np.arange(len(self), dtype=np.int64), self.n_views)
 
