@@ -71,13 +71,13 @@ def auto_selection(model, runs) -> dict:
     from protocol import selection_figures
 
     from cryolens.core.rank.features import class_counts
-    from cryolens.core.rank.threshold import selection_cut
+    from cryolens.core.rank.threshold import select_classes
 
     rows = []
     for r in runs:
         sc = model.score(r.classes)
-        cut, _ = selection_cut(sc.probability, class_counts(r.classes), "auto")
-        f = selection_figures(sc.probability >= cut, r)
+        keep, _, _ = select_classes(sc.probability, class_counts(r.classes), "auto")
+        f = selection_figures(keep, r)
         rows.append({"run": r.name, "scored_by": sc.source, **f})
     rec = np.array([x["recall_good_particles"] for x in rows], float)
     pre = np.array([x["precision_particles"] for x in rows], float)

@@ -27,7 +27,7 @@ PREDICTED = "rlnPredictedClassScore"
 def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
     from ..rank.features import class_counts
     from ..rank.figures import gallery_figure
-    from ..rank.threshold import selection_cut
+    from ..rank.threshold import score_order, select_classes
 
     cs: ClassSet = with_pixel_size(inputs["classes"], params)
     if len(cs) == 0:
@@ -44,11 +44,10 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
     ctx.check_abort()
     prob, counts = sc.probability, class_counts(cs)
     res_col = cs.table["resolution"].to_numpy(np.float64) if "resolution" in cs.table else np.full(len(cs), np.nan)
-    cut, reason = selection_cut(prob, counts, params["select"], params["threshold"], params["fraction"],
-                                params["recall"], params["min_probability"])
-    keep = prob >= cut
+    keep, cut, reason = select_classes(prob, counts, params["select"], params["threshold"], params["fraction"],
+                                       params["recall"], params["min_probability"], logit=sc.logit)
     rank = np.empty(len(cs), np.int64)
-    rank[np.argsort(-prob, kind="stable")] = np.arange(1, len(cs) + 1)
+    rank[score_order(prob, sc.logit)] = np.arange(1, len(cs) + 1)
 
     scored = replace(cs, table=cs.table.assign(**{SCORE: prob, PREDICTED: prob}))
     res = JobResult()

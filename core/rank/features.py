@@ -46,6 +46,11 @@ IMAGE_FEATURES = (
     "spec_slope", "spec_high", "spec_aniso", "spec_peak", "rot_r2", "grad_ratio", "outside_sd", "flatness",
 )
 ISOLATION_FEATURES = ("knn_dist", "rel_knn_dist")
+# the direction in which a statistic makes a class better (0: no fixed direction): a model's weights
+# on the statistics must follow it (``core.rank.train.constrain_statistics``)
+STAT_SIGNS = {"log_count": 1, "rel_count": 1, "rel_share": 1, "inv_res": 1, "nyquist_frac": 1, "rel_res": 1,
+              "weighted_res": -1, "empty": -1, "log_acc_rot": -1, "rel_acc_rot": -1, "acc_trans_px": -1,
+              "ess": 0, "posterior": 0, "completeness": 1}
 
 
 # -- feature tables --------------------------------------------------------------------------

@@ -76,15 +76,27 @@ def auto_threshold(prob: np.ndarray, counts: np.ndarray | None, recall: float = 
     return float(cut), "; ".join(why)
 
 
-def selection_cut(prob: np.ndarray, counts: np.ndarray, how: str, threshold: float = 0.5, fraction: float = 0.5,
-                  recall: float = 0.95, min_probability: float = 0.1) -> tuple[float, str]:
-    """The score a class needs to be kept, and why: ``how`` is ``threshold`` (given), ``fraction``
-    (that share of the classes, best first) or ``auto`` (``auto_threshold``)."""
+def score_order(prob: np.ndarray, logit: np.ndarray | None = None) -> np.ndarray:
+    """Classes best first: by probability, ties (an isotonic calibration's plateaus) broken by the
+    model's logit, then by class order."""
+    p = np.asarray(prob, np.float64)
+    tie = np.zeros_like(p) if logit is None else np.asarray(logit, np.float64)
+    return np.lexsort((np.arange(len(p)), -tie, -p))
+
+
+def select_classes(prob: np.ndarray, counts: np.ndarray, how: str, threshold: float = 0.5, fraction: float = 0.5,
+                   recall: float = 0.95, min_probability: float = 0.1,
+                   logit: np.ndarray | None = None) -> tuple[np.ndarray, float, str]:
+    """(kept classes, the score a class needed, why): ``how`` is ``threshold`` (given), ``fraction``
+    (exactly that share of the classes, best first by ``score_order``) or ``auto`` (``auto_threshold``)."""
+    p = np.asarray(prob, np.float64)
     if how == "threshold":
-        return float(threshold), f"threshold {float(threshold):.2f} (given)"
+        return p >= threshold, float(threshold), f"threshold {float(threshold):.2f} (given)"
     if how == "fraction":
-        n_keep = max(1, int(round(fraction * len(prob))))
-        cut = float(np.sort(prob)[::-1][n_keep - 1])
-        return cut, f"top {100 * fraction:.0f}% of the classes ({n_keep}): score >= {cut:.3f}"
-    cut, reason = auto_threshold(prob, None if np.isnan(counts).all() else counts, recall, min_probability)
-    return cut, f"auto cut {cut:.2f}: {reason}"
+        n_keep = max(1, int(round(fraction * len(p))))
+        keep = np.zeros(len(p), bool)
+        keep[score_order(p, logit)[:n_keep]] = True
+        cut = float(p[keep].min())
+        return keep, cut, f"top {100 * fraction:.0f}% of the classes ({n_keep}): score >= {cut:.3f}"
+    cut, reason = auto_threshold(p, None if np.isnan(counts).all() else counts, recall, min_probability)
+    return p >= cut, cut, f"auto cut {cut:.2f}: {reason}"

@@ -257,3 +257,23 @@ def fit_robust_head(model: RankModel, sets: Sequence[Labelled], device="cpu", lo
         f"image {stack[2]:.2f}")
     return RobustHead(rule, stack, domain, dict(trained_on or {}, runs=len(sets), classes=int(len(Y)),
                                                 good=int(Y.sum())), image_cal)
+
+
+def constrain_statistics(model: RankModel) -> list[str]:
+    """Make a linear combiner monotone in the class statistics: a weight whose sign contradicts
+    ``features.STAT_SIGNS`` (more particles, a finer resolution, a better accuracy must never lower
+    the score) is set to 0. Returns what was changed, in words. Recalibrate afterwards."""
+    from .features import STAT_FEATURES, STAT_SIGNS
+
+    net = model.combiner.net
+    if not isinstance(net, torch.nn.Linear):
+        raise InputError("only a linear combiner can be constrained (this model has hidden layers)")
+    changed = []
+    with torch.no_grad():
+        w = net.weight[0]
+        for i, name in enumerate(STAT_FEATURES):
+            s = STAT_SIGNS[name]
+            if s and float(w[i]) * s < 0:
+                changed.append(f"{name} {float(w[i]):+.3f} -> 0")
+                w[i] = 0.0
+    return changed

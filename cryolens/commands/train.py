@@ -140,6 +140,10 @@ def _rank_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--combiner-steps", type=int, default=3000)
     g.add_argument("--cache", help="where generated data are cached (default ~/.cache/cryolens/rank)")
     g.add_argument("--report", help="write a JSON training report here")
+    g.add_argument("--monotone", action="store_true",
+                   help="make --model (default: the shipped one) monotone in the class statistics (weights against "
+                        "more particles, finer resolution or better accuracy set to 0) and recalibrate it on the "
+                        "recipe's calibration data sets; networks unchanged")
     r = p.add_argument_group("the robust head (rule, guard, training domain) from the foreign-generator corpus")
     r.add_argument("--robust-from", metavar="DIR",
                    help="fit the model's robust head on the Class2D runs of bench/corpus.py in DIR (networks unchanged)")
@@ -211,6 +215,8 @@ def train_rank(args: argparse.Namespace) -> int:
         return train_from_scratch(args)
     if args.robust_from:
         return fit_robust(args)
+    if args.monotone:
+        return make_monotone(args)
     t0 = time.perf_counter()
     sets = _user_sets(args)
     base = RankModel.load(args.model or None)
@@ -242,4 +248,24 @@ def fit_robust(args: argparse.Namespace) -> int:
     model.info["robust_command"] = "cryolens " + " ".join(getattr(args, "argv", sys.argv[1:]))
     model.save(args.out)
     print(f"wrote {args.out}: robust head from {len(runs)} {args.robust_generator} runs")
+    return 0
+
+
+def make_monotone(args: argparse.Namespace) -> int:
+    """``--monotone``: the combiner's weights on the statistics follow their signs
+    (``core.rank.train.constrain_statistics``), then the calibrators are refitted on the recipe's
+    calibration data sets (the synthetic ones of ``build_training_sets``' third group)."""
+    from cryolens.core.rank.model import RankModel
+    from cryolens.core.rank.train import calibrate, constrain_statistics
+    from cryolens.recipes.rank_data import build_training_sets, default_cache
+
+    model = RankModel.load(args.model or None)
+    for line in constrain_statistics(model) or ["already monotone"]:
+        print(f"monotone: {line}")
+    cache = Path(args.cache) if args.cache else default_cache()
+    _, _, calibration_sets = build_training_sets(args.synthetic_sets, False, cache)
+    calibrate(model, calibration_sets, device=args.device)
+    model.info = dict(model.info, monotone_command="cryolens " + " ".join(getattr(args, "argv", sys.argv[1:])))
+    model.save(args.out)
+    print(f"wrote {args.out}: monotone in the class statistics, recalibrated on {len(calibration_sets)} data sets")
     return 0
