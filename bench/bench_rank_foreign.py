@@ -33,15 +33,18 @@ from protocol import emit, load_corpus, per_run, split_by_protein, summarise  # 
 def rule_scorers(train) -> dict:
     from cryolens.core.rank.rules import RULE_FEATURES, RuleModel, class_statistics, rule_features
 
-    feats = [rule_features(class_statistics(r.classes)) for r in train]
-    rule = RuleModel.fit(np.concatenate(feats), np.concatenate([r.labels for r in train])) if train else RuleModel()
     col = {n: i for i, n in enumerate(RULE_FEATURES)}
 
     def single(name, sign):
         return lambda r: sign * np.nan_to_num(rule_features(class_statistics(r.classes))[:, col[name]], nan=0.0)
 
-    return {"rule_resolution": single("inv_res", 1), "rule_count": single("log_count", 1),
-            "rule_accuracy": single("log_acc_rot", -1), "rule_logistic": lambda r: rule.score(r.classes)}, rule
+    rules = {"rule_resolution": single("inv_res", 1), "rule_count": single("log_count", 1),
+             "rule_accuracy": single("log_acc_rot", -1)}
+    if not train:  # nothing to fit the logistic rule on
+        return rules, None
+    feats = [rule_features(class_statistics(r.classes)) for r in train]
+    rule = RuleModel.fit(np.concatenate(feats), np.concatenate([r.labels for r in train]))
+    return {**rules, "rule_logistic": lambda r: rule.score(r.classes)}, rule
 
 
 def model_scorers(path: str | None, train) -> tuple[dict, object]:
@@ -53,17 +56,26 @@ def model_scorers(path: str | None, train) -> tuple[dict, object]:
 
     legacy = RankModel.load(path)
     legacy.robust = None
-    robust = copy.copy(legacy)
-    robust.robust = fit_robust_head(legacy, [Labelled(r.classes, r.labels) for r in train], log=lambda s: None)
+    robust = None
+    if train:  # the robust head needs the training side's runs
+        robust = copy.copy(legacy)
+        robust.robust = fit_robust_head(legacy, [Labelled(r.classes, r.labels) for r in train], log=lambda s: None)
 
     def images_only(r):
         cs = r.classes
         bare = ClassSet(cs.table[["class_id"]].copy(), cs.images, cs.pixel_size, None, cs.source, {})
         return legacy.score(bare).probability
 
-    return {"cryolens": lambda r: robust.score(r.classes).probability,
-            "cryolens_legacy": lambda r: legacy.score(r.classes).probability,
-            "cryolens_images": images_only}, robust
+    scorers = {"cryolens_legacy": lambda r: legacy.score(r.classes).probability, "cryolens_images": images_only}
+    if robust is not None:
+        scorers["cryolens"] = lambda r: robust.score(r.classes).probability
+    return scorers, robust
+
+
+def models_for_auto(path):
+    from cryolens.core.rank import RankModel
+
+    return RankModel.load(path)
 
 
 def auto_selection(model, runs) -> dict:
@@ -110,8 +122,10 @@ def main(argv=None) -> int:
     out = {"benchmark": "rank_foreign", "corpus": str(args.corpus), "split": args.split,
            "train_generator": args.train_generator,
            "test_generator": test_gen, "train_runs": [r.name for r in train], "test_runs": [r.name for r in test],
-           "rule_fitted": rule.to_dict(), "robust_head": robust.robust.to_dict(),
-           "best_rule": best_rule, "summary": summarise(table, best_rule=best_rule), "auto": auto_selection(robust, test),
+           "rule_fitted": rule.to_dict() if rule else None,
+           "robust_head": robust.robust.to_dict() if robust else None,
+           "best_rule": best_rule, "summary": summarise(table, best_rule=best_rule),
+           "auto": auto_selection(robust or models_for_auto(args.model), test),
            "per_run": table.to_dict(orient="records"), "seconds": time.perf_counter() - t0}
     emit(out, args.out)
     return 0
