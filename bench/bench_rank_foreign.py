@@ -69,13 +69,7 @@ def model_scorers(path: str | None, train) -> tuple[dict, object]:
     scorers = {"cryolens_legacy": lambda r: legacy.score(r.classes).probability, "cryolens_images": images_only}
     if robust is not None:
         scorers["cryolens"] = lambda r: robust.score(r.classes).probability
-    return scorers, robust
-
-
-def models_for_auto(path):
-    from cryolens.core.rank import RankModel
-
-    return RankModel.load(path)
+    return scorers, robust or legacy
 
 
 def auto_selection(model, runs) -> dict:
@@ -123,9 +117,9 @@ def main(argv=None) -> int:
            "train_generator": args.train_generator,
            "test_generator": test_gen, "train_runs": [r.name for r in train], "test_runs": [r.name for r in test],
            "rule_fitted": rule.to_dict() if rule else None,
-           "robust_head": robust.robust.to_dict() if robust else None,
+           "robust_head": robust.robust.to_dict() if robust.robust else None,
            "best_rule": best_rule, "summary": summarise(table, best_rule=best_rule),
-           "auto": auto_selection(robust or models_for_auto(args.model), test),
+           "auto": auto_selection(robust, test),
            "per_run": table.to_dict(orient="records"), "seconds": time.perf_counter() - t0}
     emit(out, args.out)
     return 0

@@ -373,7 +373,7 @@ def class_truth(data_star: Path, project: Path, truth: pd.DataFrame) -> pd.DataF
     from cryolens.relion_ext.class2d import read_class2d
 
     cs = read_class2d(data_star, root=project, load_images=False)
-    keyed = truth.set_index(truth["rlnImageName"].map(_key))
+    keyed = truth.set_index(_keys(truth["rlnImageName"]))
     members = keyed.loc[cs.particles.image_keys().to_numpy()]
     members = members.assign(class_id=cs.particles.table["class_id"].to_numpy())
     rows = []
@@ -388,10 +388,12 @@ def class_truth(data_star: Path, project: Path, truth: pd.DataFrame) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def _key(image_name: str) -> str:
-    """'000012@Particles/x.mrcs' -> '11@Particles/x.mrcs' (the data model's 0-based image key)."""
-    i, stack = str(image_name).split("@", 1)
-    return f"{int(i) - 1}@{stack}"
+def _keys(image_names: pd.Series) -> pd.Index:
+    """RELION image names -> the data model's ``<0-based index>@<stack>`` keys (``image_keys``)."""
+    from cryolens.relion_ext.star import split_image_names
+
+    stack, index, _ = split_image_names(image_names, Path("particles_truth.csv"))
+    return pd.Index(index.astype(str) + "@" + stack.astype(str))
 
 
 # -- the command ----------------------------------------------------------------------------------------
@@ -438,8 +440,7 @@ def cryolens_particles(project: Path, spec: RunSpec, maps: dict[str, np.ndarray]
     (project / "Particles").mkdir(exist_ok=True)
     shutil.move(str(star), project / "Particles" / "particles.star")
     spec.extra["particle_radius_px"] = 0.4 * spec.box
-    t = truth.copy()
-    t.insert(0, "rlnImageName", [f"{i + 1:06d}@Simulated/particles.mrcs" for i in range(len(t))])
+    t = pd.read_csv(project / "Simulated" / "particles_truth.csv")  # with the image names write_project gave
     t["is_junk"] = t["is_junk"].astype(bool)
     t["species"] = np.where(t["is_junk"], "", t["species"].astype(str))
     return t

@@ -15,6 +15,7 @@ from cryosparc.dataset import Dataset
 import cryosparc_standin as sd
 from conftest import shared_path
 from cryosparc_standin import client, run
+from cryosparc_standin import same_values as _same
 from cryolens.core.geometry import angular_distance_deg, euler_to_matrix, rotvec_to_matrix
 from cryolens.core.jobs import REGISTRY, Input, JobResult, JobSpec, Output, Param, register
 from cryolens.cryosparc_ext import external
@@ -22,15 +23,6 @@ from cryolens.cryosparc_ext.csfile import read_particles
 
 J2 = ("cryosparc", "cryosparc_J2_particles_exported.cs")
 pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
-
-
-
-
-def _same(a, b) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    if a.dtype == object or b.dtype == object:
-        return a.shape == b.shape and bool((a == b).all())
-    return a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
 # -- select on a real 2D classification --------------------------------------------------------------

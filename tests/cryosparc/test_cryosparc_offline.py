@@ -9,6 +9,7 @@ import pytest
 from cryosparc.dataset import Dataset
 
 from conftest import shared_path
+from cryosparc_standin import same_values as _same
 from cryolens.cli import main as cryolens_main
 from cryolens.core.jobs import REGISTRY, Input, JobResult, JobSpec, Output, register
 from cryolens.cryosparc_ext import external
@@ -19,13 +20,6 @@ J2 = ("cryosparc", "cryosparc_J2_particles_exported.cs")
 EMPIAR_STAR = ("real-particles", "empiar_10076_7.star")
 EMPIAR_CS = ("real-particles", "empiar_10076_7.cs")
 pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
-
-
-def _same(a, b) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    if a.dtype == object or b.dtype == object:
-        return a.shape == b.shape and bool((a == b).all())
-    return a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
 def _block_yaml(text: str) -> dict:

@@ -570,3 +570,13 @@ def client(url):
     from cryosparc.tools import CryoSPARC
 
     return CryoSPARC(url, host=None, base_port=None, email=EMAIL, password=PASSWORD)
+
+
+def same_values(a, b) -> bool:
+    """Two dataset columns hold the same values: bytes and dtype for numbers, equality for strings."""
+    import numpy as np
+
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype == object or b.dtype == object:
+        return a.shape == b.shape and bool((a == b).all())
+    return a.dtype == b.dtype and a.tobytes() == b.tobytes()
