@@ -35,7 +35,8 @@ from ..nn.embed import run_batched
 from ..particles import ClassSet
 from .features import (IMAGE_FEATURES, ISOLATION_FEATURES, STAT_FEATURES, class_counts, image_features,
                             isolation_features, stat_features)
-from .rules import MIN_PARTICLES, RULE_FEATURES, Domain, RuleModel, apply_guard, class_statistics, rule_features
+from .rules import (MIN_PARTICLES, RULE_FEATURES, Domain, RuleModel, apply_guard, blank_images, class_statistics,
+                    rule_features)
 
 EVIDENCE = tuple(STAT_FEATURES) + tuple(IMAGE_FEATURES) + tuple(ISOLATION_FEATURES) + ("cnn_logit",)
 N_STAT = len(STAT_FEATURES)
@@ -225,7 +226,11 @@ class RankModel:
                     sc.notes.append("the class averages lie outside what the image model was trained on ("
                                     + "; ".join(why) + "): its scores are a weak guide")
         n = class_counts(cs)
-        sc.probability = np.clip(np.where(np.isfinite(n) & (n <= 0), 0.0, sc.probability), 0.0, 1.0)
+        blank = blank_images(cs.images)
+        if blank.any():
+            sc.notes.append(f"{int(blank.sum())} blank class averages (constant images, as RELION writes for "
+                            "empty classes) scored 0")
+        sc.probability = np.clip(np.where((np.isfinite(n) & (n <= 0)) | blank, 0.0, sc.probability), 0.0, 1.0)
         sc.seconds = time.perf_counter() - t0
         return sc
 

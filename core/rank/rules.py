@@ -135,6 +135,18 @@ class RuleModel:
         return cls(list(d["mean"]), list(d["weights"]), float(d["bias"]))
 
 
+def blank_images(images) -> np.ndarray:
+    """(K,) bool: class averages with no content, constant (all-zero included) or with no finite
+    pixel. RELION writes such images for classes that lost all their particles; a bare stack has no
+    counts to tell, and an image model has never seen one, so they are marked here and score 0."""
+    x = np.asarray(images, np.float64).reshape(len(images), -1)
+    fin = np.isfinite(x)
+    lo = np.where(fin, x, np.inf).min(1)
+    hi = np.where(fin, x, -np.inf).max(1)
+    scale = np.maximum(np.abs(lo), np.abs(hi))
+    return ~fin.any(1) | (hi - lo <= 1e-6 * np.maximum(scale, 1e-30))
+
+
 def apply_guard(probability: np.ndarray, rule_probability: np.ndarray, st: ClassStatistics) -> np.ndarray:
     """Unconverged, empty and tiny classes never score above the rule (which already gives them its
     worst statistics); an empty class scores 0 (nothing to keep)."""

@@ -213,6 +213,26 @@ def test_empty_classes_score_zero_and_are_never_selected(held_out, model, tmp_pa
     assert res.class_selection["class_averages"][0] == 0
 
 
+def test_blank_averages_in_a_bare_stack_score_zero_and_the_real_classes_are_kept(held_out, model, tmp_path):
+    """Issue 18 defect 2: constant images (RELION's average of an emptied class) scored 0.998 and were
+    the only ones kept; they carry nothing, whatever an image model makes of them."""
+    from cryolens.core.jobs import JobContext, get_job, run_job
+    from cryolens.core.rank.rules import blank_images
+
+    d = held_out[3]
+    good = np.flatnonzero(d.labels == 1)[:6]
+    box = d.classes.images.shape[-1]
+    images = np.concatenate([d.classes.images[good], np.zeros((2, box, box), np.float32),
+                             np.full((1, box, box), 3.5, np.float32)])
+    assert blank_images(images).tolist() == [False] * 6 + [True] * 3
+    bare = ClassSet(pd.DataFrame({"class_id": np.arange(1, 10)}), images, d.classes.pixel_size, None, "blank test")
+    sc = model.score(bare)
+    assert (sc.probability[6:] == 0).all() and any("3 blank" in n for n in sc.notes)
+    res = run_job(get_job("rank"), {"classes": bare}, {}, JobContext(out_dir=tmp_path))
+    kept = np.asarray(res.class_selection["class_averages"])
+    assert not kept[6:].any() and kept[:6].any()
+
+
 @pytest.mark.slow
 def test_retraining_round_trip_moves_scores_toward_the_users_labels(tmp_path, held_out):
     """train rank from a backup_selection.star -> model file -> the job uses it via --model."""
