@@ -67,6 +67,7 @@ DERIVED_LABELS = ("rlnImageName", "rlnOriginX", "rlnOriginY")
 RAW = "~"  # prefix of adapter-private raw columns
 
 STAR_VERSION = {"3.0": None, "3.1": 30001, "4.0": 30001, "5.0": 50001}
+CS_CARRIED = "cryosparc/"  # STAR columns holding cryoSPARC fields verbatim (see cryosparc_ext.csfile)
 
 
 # -- low-level STAR access --------------------------------------------------------------------
@@ -94,18 +95,35 @@ def header_version(path: str | os.PathLike) -> int | None:
     return None
 
 
+def _exact_text(col: pd.Series) -> pd.Series:
+    """A float column as it will be written: ``%.15g`` where that reads back as the same double
+    (anything read from RELION's text), else the shortest exact form (e.g. float32 values)."""
+    a = col.to_numpy(dtype=np.float64)
+    short = np.char.mod("%.15g", a)
+    if np.array_equal(short.astype(np.float64), a, equal_nan=True):
+        return col
+    return pd.Series([repr(float(v)) for v in a], index=col.index, dtype=object)
+
+
 def write_blocks(path: str | os.PathLike, blocks: dict[str, Any], version: int | None = 30001) -> None:
     """Write STAR blocks atomically, RELION-style: ``# version`` before each block.
 
-    Floats are written with 15 significant digits so values read from RELION's text survive.
+    Floats are written with 15 significant digits, or exactly where that would change the number,
+    so every double (and every float32 of a .cs) reads back as it was.
     """
+    blocks = {k: (v.apply(lambda c: _exact_text(c) if c.dtype.kind == "f" else c)
+                  if isinstance(v, pd.DataFrame) and len(v) else v) for k, v in blocks.items()}
     text = starfile.writer.StarWriter(blocks, float_format="%.15g", na_rep="nan").to_string()
     lines = text.splitlines()
     out = ["# written by cryolens"]
+    # starfile reads a comment after an empty loop as its data: no version line after one
+    empty = [isinstance(b, pd.DataFrame) and not len(b) for b in blocks.values()]
+    i = 0
     for line in lines[1:]:
-        if line.startswith("data_") and version is not None:
+        if line.startswith("data_") and version is not None and not (i and empty[i - 1]):
             out.append(f"# version {version}")
             out.append("")
+        i += line.startswith("data_")
         out.append(line)
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(out) + "\n")
@@ -178,6 +196,8 @@ def _particle_block(blocks: dict[str, Any], path: Path) -> tuple[str, pd.DataFra
     else:
         raise InputError(f"no particles block (found blocks: {', '.join(blocks)})", path)
     raw = loops[name]
+    if any(str(c).startswith(CS_CARRIED) for c in raw.columns):
+        return name, raw  # a .cs carried through RELION: may be empty, or have no images (cryosparc_ext.carry)
     if "rlnImageName" not in raw.columns:
         raise InputError("missing column rlnImageName (is this a particle STAR file?)", path)
     if len(raw) == 0:
@@ -196,27 +216,29 @@ def _optics_block(blocks: dict[str, Any]) -> pd.DataFrame | None:
 def _map_particle_labels(raw: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[str, str], int]:
     """(table, labels, name width): canonical fields from the labels of ``PARTICLE_LABELS`` (in
     the input's column order), other labels passed through; ``labels`` maps field -> its label."""
-    table = pd.DataFrame(index=raw.index)
-    stack, index, width = split_image_names(raw["rlnImageName"], path)
-    table["image_stack"] = stack.values
-    table["image_index"] = index.values
-    labels = {"image_stack": "rlnImageName", "image_index": "rlnImageName"}
+    cols: dict[str, Any] = {}
+    labels, width = {}, 0
+    if "rlnImageName" in raw.columns:
+        stack, index, width = split_image_names(raw["rlnImageName"], path)
+        cols["image_stack"] = stack.values
+        cols["image_index"] = index.values
+        labels = {"image_stack": "rlnImageName", "image_index": "rlnImageName"}
     for label in raw.columns:
         if label == "rlnImageName":
             continue
         field = PARTICLE_LABELS.get(label)
-        if field is None or field in table.columns:
-            table[label] = raw[label]
+        if field is None or field in cols:
+            cols[label] = raw[label]
             continue
         kind = FIELDS[field][0]
         if kind == "str":
-            table[field] = raw[label].astype(str)
+            cols[field] = raw[label].astype(str)
         elif kind == "uint":
-            table[field] = pd.to_numeric(raw[label].astype(str), downcast=None).astype(np.uint64)
+            cols[field] = pd.to_numeric(raw[label].astype(str), downcast=None).astype(np.uint64)
         else:
-            table[field] = _to_numeric_checked(raw[label], label, path)
+            cols[field] = _to_numeric_checked(raw[label], label, path)
         labels[field] = label
-    return table, labels, width
+    return pd.DataFrame(cols, index=raw.index), labels, width
 
 
 def _join_optics(table: pd.DataFrame, labels: dict[str, str], optics: pd.DataFrame, path: Path) -> None:
@@ -273,20 +295,30 @@ def _origins_to_angstrom(table: pd.DataFrame, labels: dict[str, str], raw: pd.Da
 def read_particles(path: str | os.PathLike, root: str | os.PathLike | None = None) -> ParticleSet:
     """Read a RELION particle STAR file (3.0, 3.1, 4.0 or 5.0) into a ParticleSet."""
     path = Path(path)
-    blocks = read_blocks(path)
+    return particles_from_blocks(read_blocks(path), path, header_version(path), root)
+
+
+def particles_from_blocks(blocks: dict[str, Any], path: Path, header: int | None,
+                          root: str | os.PathLike | None = None) -> ParticleSet:
+    """The ParticleSet of a particle STAR file's blocks (``header``: its ``# version``).
+
+    Blocks other than the particles and optics (e.g. RELION 5's ``data_general``) are kept in
+    ``meta["relion"]["blocks"]`` and written back in their place.
+    """
     block_name, raw = _particle_block(blocks, path)
     optics = _optics_block(blocks)
     table, labels, width = _map_particle_labels(raw, path)
     if optics is not None:
         _join_optics(table, labels, optics, path)
-        version = "5.0" if (header_version(path) == 50001 or width == 8) else "3.1"
+        version = "5.0" if (header == 50001 or width == 8) else "3.1"
     else:
         _pixel_size_from_magnification(table, labels, raw, path)
         version = "3.0"
     table = _origins_to_angstrom(table, labels, raw, path)
-    table[RAW + "rlnImageName"] = raw["rlnImageName"].astype(str).to_numpy()
-
-    root_path = Path(root) if root is not None else find_project_root(path, str(table["image_stack"].iloc[0]))
+    if "rlnImageName" in raw.columns:
+        table[RAW + "rlnImageName"] = raw["rlnImageName"].astype(str).to_numpy()
+    first = str(table["image_stack"].iloc[0]) if "image_stack" in table.columns and len(table) else None
+    root_path = Path(root) if root is not None else find_project_root(path, first)
     meta = {
         "labels": labels,
         "relion": {
@@ -295,6 +327,8 @@ def read_particles(path: str | os.PathLike, root: str | os.PathLike | None = Non
             "particle_labels": list(raw.columns),
             "block_name": block_name,
             "optics": None if optics is None else optics.copy(),
+            "block_order": list(blocks),
+            "blocks": {k: v for k, v in blocks.items() if k not in (block_name, "optics")},
         },
     }
     ps = ParticleSet(table.reset_index(drop=True), root=root_path, source=str(path), meta=meta)
@@ -328,8 +362,10 @@ def to_star_blocks(ps: ParticleSet, version: str | None = None) -> tuple[dict[st
     version = version or rel.get("version") or "3.1"
     if version not in STAR_VERSION:
         raise ValueError(f"unknown RELION version {version!r} (use one of {sorted(STAR_VERSION)})")
-    ps.require("image_stack", "image_index")
     t = ps.table
+    images = not any(str(c).startswith(CS_CARRIED) for c in t.columns) or "image_stack" in t.columns
+    if images:
+        ps.require("image_stack", "image_index")
     if version == rel.get("version") and "name_width" in rel:
         width = rel["name_width"]
     else:
@@ -347,10 +383,11 @@ def to_star_blocks(ps: ParticleSet, version: str | None = None) -> tuple[dict[st
         label = CANONICAL_TO_LABEL.get(f)
         if label and label not in order and not (f in ("shift_x", "shift_y") and f"rlnOrigin{f[-1].upper()}" in order):
             order.append(label)
-    if "rlnImageName" not in order:
+    if "rlnImageName" not in order and images:
         order.insert(0, "rlnImageName")
-    # passthrough columns; cryoSPARC fields ("prefix/name") have no meaning to RELION
-    order += [c for c in t.columns if c not in FIELDS and not c.startswith(RAW) and "/" not in c and c not in order]
+    # passthrough columns; cryoSPARC fields ("prefix/name") only as carried by cryosparc_ext.csfile
+    order += [c for c in t.columns if c not in FIELDS and not c.startswith(RAW) and c not in order
+              and ("/" not in c or c.startswith(CS_CARRIED))]
     if not optics_in_block:
         for f in sorted(optics_fields):
             label = CANONICAL_TO_LABEL[f]
@@ -362,24 +399,34 @@ def to_star_blocks(ps: ParticleSet, version: str | None = None) -> tuple[dict[st
     if optics_in_block and "rlnOpticsGroup" not in order:
         order.append("rlnOpticsGroup")
 
-    out = pd.DataFrame(index=t.index)
+    cols: dict[str, Any] = {}
     for label in order:
         if label in DERIVED_LABELS:
-            out[label] = _derived_value(ps, label, width)
+            cols[label] = _derived_value(ps, label, width)
         elif label in PARTICLE_LABELS and PARTICLE_LABELS[label] in t.columns:
             field = PARTICLE_LABELS[label]
             if optics_in_block and field in optics_fields:
                 continue  # lives in data_optics
-            out[label] = t[field] if label != "rlnOpticsGroup" else t["optics_group"].astype(int)
+            cols[label] = t[field] if label != "rlnOpticsGroup" else t["optics_group"].astype(int)
         elif label in t.columns:
-            out[label] = t[label]
+            cols[label] = t[label]
         elif label == "rlnOpticsGroup":
-            out[label] = t["optics_group"].astype(int)
+            cols[label] = t["optics_group"].astype(int)
         # a label of the input that a job dropped is simply not written
-    out = out.reset_index(drop=True)
+    out = pd.DataFrame(cols, index=t.index).reset_index(drop=True)
     if not optics_in_block:
-        return {rel.get("block_name", "images") if rel.get("version") == "3.0" else "images": out}, version
-    return {"optics": _optics_table(ps, t, version), "particles": out}, version
+        main = {rel.get("block_name", "images") if rel.get("version") == "3.0" else "images": out}
+    else:
+        main = {"optics": _optics_table(ps, t, version), "particles": out}
+    return _with_other_blocks(main, rel), version
+
+
+def _with_other_blocks(main: dict[str, Any], rel: dict) -> dict[str, Any]:
+    """``main`` (optics, particles) with the input's other blocks, in the input's block order."""
+    other = rel.get("blocks") or {}
+    order = [k for k in rel.get("block_order", []) if k in other or k in main]
+    order += [k for k in [*other, *main] if k not in order]
+    return {k: main[k] if k in main else other[k] for k in order}
 
 
 def _optics_table(ps: ParticleSet, t: pd.DataFrame, version: str) -> pd.DataFrame:
