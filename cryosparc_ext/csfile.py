@@ -305,6 +305,7 @@ def _shift_codec(prefix: str) -> _Codec:
 
     def decode(f, _inv):
         px, ps = _num(f[shift]).reshape(-1, 2), _num(f[psize])
+        ps = np.where(ps > 0, ps, np.nan)  # pixel size 0: unknown, so the shift has no value in A
         return {"shift_x": px[:, 0] * ps, "shift_y": px[:, 1] * ps}
 
     def encode(c, old, ctx):
@@ -514,7 +515,9 @@ def _table_uids(table: pd.DataFrame, keys: Callable[[], pd.Series], source) -> n
         if known.any():
             uid[known] = np.array([int(v) for v in col[known]], dtype=np.uint64)
     if not known.all():
-        uid[~known] = derive_uids(keys()[~known])
+        k = keys()[~known]
+        repeat = k.groupby(k).cumcount().to_numpy()  # the same image twice: "#1", "#2"... after the key
+        uid[~known] = derive_uids([key if r == 0 else f"{key}#{r}" for key, r in zip(k, repeat)])
     if len(np.unique(uid)) != n:
         raise InputError(f"{n - len(np.unique(uid))} duplicate uid(s) among the particles to write", source)
     return uid
@@ -728,7 +731,7 @@ def _new_particle_codecs(table: pd.DataFrame, cs: dict) -> tuple[list[_Codec], l
         if name in cols and name not in claimed:
             add(name)
     three_d = "pose_alignments3D" in active or bool({"rot", "tilt"} & cols)
-    shifts = bool({"shift_x", "shift_y"} & cols)
+    shifts = bool({"shift_x", "shift_y"} & cols) and ("pixel_size" in cols or "shift_x" in claimed)
     if three_d:
         if "pose_alignments3D" not in active:
             add("pose_alignments3D")
@@ -779,6 +782,10 @@ def _stack_boxes(table: pd.DataFrame, root: Path | None) -> np.ndarray | None:
     return np.array([box[s] for s in stacks], dtype=np.uint32)
 
 
+def _kept(table: pd.DataFrame) -> str:
+    return " (kept in rln/ fields)" if any(str(c).startswith("rln/") for c in table.columns) else ""
+
+
 def _save(path: Path, descr: list[Field], cols: dict[str, np.ndarray]) -> None:
     dset = Dataset([(_name(f), cols[_name(f)]) for f in descr])
     with atomic_path(path) as tmp:
@@ -798,6 +805,20 @@ def write_particles(ps: ParticleSet, path: str | os.PathLike,
     job's outputs.
     """
     path = Path(path)
+    descr, cols = particle_columns(ps, path)
+    if passthrough_out is None:
+        _save(path, descr, cols)
+        return path
+    origin = (ps.meta.get("cryosparc") or {}).get("origin", {})
+    main = [f for f in descr if origin.get(_name(f), "main") == "main"]
+    pthru = [("uid", "<u8")] + [f for f in descr if origin.get(_name(f)) == "passthrough"]
+    _save(path, main, cols)
+    _save(Path(passthrough_out), pthru, cols)
+    return path
+
+
+def particle_columns(ps: ParticleSet, path: str | os.PathLike = "?") -> tuple[list[Field], dict[str, np.ndarray]]:
+    """(fields, columns) of the ``.cs`` that :func:`write_particles` writes for ``ps``."""
     src = ps.source
     cs = ps.meta.get("cryosparc") or {}
     t = ps.table
@@ -805,11 +826,16 @@ def write_particles(ps: ParticleSet, path: str | os.PathLike,
     new, dropped = _new_particle_codecs(t, cs)
     cs_eff = dict(cs, codecs=[c for c in cs.get("codecs", []) if c not in dropped])
     preset: dict[str, np.ndarray] = {}
+    if {"shift_x", "shift_y"} & set(t.columns) and not any("shift_x" in c.canon for c in new) \
+            and not any("shift_x" in _BY_NAME[c].canon for c in cs_eff["codecs"]):
+        warnings.warn(f"{path}: origin shifts not in cryoSPARC's alignment fields{_kept(t)}: the file gives "
+                      "no pixel size (cryoSPARC stores shifts in pixels)", stacklevel=3)
     if {"coord_x", "coord_y"} <= set(t.columns) and "coords" not in cs_eff["codecs"]:
         hdr = _micrograph_headers(t, ps.root)
         if hdr is None:
-            warnings.warn(f"{path}: particle coordinates not written: the micrographs are not readable "
-                          f"under {ps.root} (their shapes give the fractions cryoSPARC stores)", stacklevel=2)
+            warnings.warn(f"{path}: particle coordinates not in cryoSPARC's location fields{_kept(t)}: the "
+                          f"micrographs are not readable under {ps.root} (their shapes give the fractions "
+                          "cryoSPARC stores)", stacklevel=3)
         else:  # a location slot only with coordinates (a micrograph name alone is not a location)
             new += [_BY_NAME["coords"]] + ([_BY_NAME["micrograph"]] if "micrograph" not in cs_eff["codecs"] else [])
             preset = {"location/micrograph_shape": hdr[0], "location/micrograph_psize_A": hdr[1]}
@@ -829,15 +855,7 @@ def write_particles(ps: ParticleSet, path: str | os.PathLike,
                 arr = np.array(["" if _isna(v) else str(v) for v in s.to_numpy(dtype=object)], dtype=object)
             descr.append((c, "O") if arr.dtype == object else (c, arr.dtype.str))
             cols[c] = arr
-    if passthrough_out is None:
-        _save(path, descr, cols)
-        return path
-    origin = cs.get("origin", {})
-    main = [f for f in descr if origin.get(_name(f), "main") == "main"]
-    pthru = [("uid", "<u8")] + [f for f in descr if origin.get(_name(f)) == "passthrough"]
-    _save(path, main, cols)
-    _save(Path(passthrough_out), pthru, cols)
-    return path
+    return descr, cols
 
 
 # -- classes -------------------------------------------------------------------------------------

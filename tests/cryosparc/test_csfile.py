@@ -269,7 +269,7 @@ def test_relion_origin_coordinates_need_the_micrographs(tmp_path):
     assert float(back["location/micrograph_psize_A"][0]) == pytest.approx(1.5)
     re = read_particles(tmp_path / "r.cs", project_dir=tmp_path).table
     np.testing.assert_allclose(re[["coord_x", "coord_y"]], t[["coord_x", "coord_y"]], rtol=1e-6)
-    with pytest.warns(UserWarning, match="coordinates not written"):
+    with pytest.warns(UserWarning, match="coordinates not in cryoSPARC.s location fields"):
         out = write_particles(ParticleSet(t, root=tmp_path / "elsewhere"), tmp_path / "r2.cs")
     assert not any(f.startswith("location/") for f in Dataset.load(out).fields())
 
