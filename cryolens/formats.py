@@ -44,14 +44,31 @@ def read_particles(path: str | os.PathLike, project_dir: str | os.PathLike | Non
 
 
 def write_particles(ps: ParticleSet, path: str | os.PathLike, relion_version: str | None = None) -> None:
+    """Write ``ps`` as STAR or .cs; a set read from the other format carries that file along.
+
+    STAR -> .cs: the STAR file's columns and optics groups go into ``rln*/`` fields
+    (relion_ext.carry); .cs -> STAR: the .cs fields go into ``cryosparc/`` columns
+    (cryosparc_ext.carry). Writing back to the original format restores the original file.
+    """
+    from cryolens.cryosparc_ext import carry as cs_carry
+    from cryolens.relion_ext import carry as rln_carry
+
     kind = kind_of(path) if Path(path).suffix else "?"
     if kind == "star":
         from cryolens.relion_ext.star import write_particles as write_star
 
+        if rln_carry.is_carried(ps):
+            ps = rln_carry.restore(ps)
+        elif "cryosparc" in ps.meta and not cs_carry.is_carried(ps):
+            ps = cs_carry.carry(ps)
         write_star(ps, path, version=relion_version)
     elif kind == "cs":
         from cryolens.cryosparc_ext.csfile import write_particles as write_cs
 
+        if cs_carry.is_carried(ps):
+            ps = cs_carry.restore(ps)
+        elif "relion" in ps.meta and not rln_carry.is_carried(ps):
+            ps = rln_carry.carry(ps)
         write_cs(ps, path)
     else:
         raise InputError("cannot write particles here (use .star or .cs)", path)
