@@ -49,6 +49,12 @@ FIELDS: dict[str, tuple[str, str]] = {
     "micrograph": ("str", "micrograph path"),
     "coord_x": ("float", "x coordinate in the micrograph (px)"),
     "coord_y": ("float", "y coordinate in the micrograph (px)"),
+    "beam_tilt_x": ("float", "beam tilt x (mrad)"),
+    "beam_tilt_y": ("float", "beam tilt y (mrad)"),
+    "mag_00": ("float", "anisotropic magnification matrix, row 0 col 0 (identity: none)"),
+    "mag_01": ("float", "anisotropic magnification matrix, row 0 col 1"),
+    "mag_10": ("float", "anisotropic magnification matrix, row 1 col 0"),
+    "mag_11": ("float", "anisotropic magnification matrix, row 1 col 1"),
 }
 CTF_FIELDS = ("pixel_size", "voltage", "cs", "amp_contrast", "defocus_u", "defocus_v", "defocus_angle")
 POSE_FIELDS = ("rot", "tilt", "psi", "shift_x", "shift_y")

@@ -360,6 +360,39 @@ def _psi2d_codec() -> _Codec:
     return _Codec("pose_alignments2D", ("alignments2D/pose",), ("psi",), decode, encode, "alignments2D", fill=0.0)
 
 
+def _tilt_codec() -> _Codec:
+    """``ctf/tilt_A`` (A, scaled by Cs) <-> RELION beam tilt (mrad): tilt_A = sin(mrad/1000) * Cs[A]."""
+    def decode(f, _inv):
+        t, cs = _num(f["ctf/tilt_A"]).reshape(-1, 2), _num(f["ctf/cs_mm"])[:, None] * 1e7
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mrad = np.where(cs > 0, np.arcsin(t / np.where(cs > 0, cs, 1.0)) * 1e3, np.where(t == 0, 0.0, np.nan))
+        return {"beam_tilt_x": mrad[:, 0], "beam_tilt_y": mrad[:, 1]}
+
+    def encode(c, old, ctx):
+        cs = ctx.get("cs")
+        cs = _num(old["ctf/cs_mm"]) if cs is None else cs
+        mrad = np.stack([c["beam_tilt_x"], c["beam_tilt_y"]], axis=1)
+        return {"ctf/tilt_A": (np.sin(mrad * 1e-3) * cs[:, None] * 1e7).astype("<f4")}
+
+    return _Codec("beam_tilt", ("ctf/tilt_A", "ctf/cs_mm"), ("beam_tilt_x", "beam_tilt_y"), decode, encode, "ctf",
+                  fill=0.0)
+
+
+def _anisomag_codec() -> _Codec:
+    """``ctf/anisomag`` (2x2, C order, identity subtracted) <-> RELION ``rlnMagMat00..11``."""
+    names = ("mag_00", "mag_01", "mag_10", "mag_11")
+    eye = np.array([1.0, 0.0, 0.0, 1.0])
+
+    def decode(f, _inv):
+        m = _num(f["ctf/anisomag"]).reshape(-1, 4) + eye
+        return {k: m[:, i] for i, k in enumerate(names)}
+
+    def encode(c, _old, _ctx):
+        return {"ctf/anisomag": (np.stack([c[k] for k in names], axis=1) - eye).astype("<f4")}
+
+    return _Codec("anisomag", ("ctf/anisomag",), names, decode, encode, "ctf")
+
+
 # Priority order: the first codec that claims a canonical column owns it.
 CODECS: list[_Codec] = [
     _Codec("image_stack", ("blob/path",), ("image_stack",), _dec_stack, _enc_stack, "blob"),
@@ -379,6 +412,8 @@ CODECS: list[_Codec] = [
     _simple("ctf_bfactor", "ctf/bfactor", "ctf_bfactor", "ctf"),
     _simple("ctf_scale", "ctf/scale", "ctf_scale", "ctf"),
     _simple("optics_group", "ctf/exp_group_id", "optics_group", "ctf", lambda x: x + 1, lambda y: y - 1, "u"),
+    _tilt_codec(),
+    _anisomag_codec(),
     _Codec("pose_alignments3D", ("alignments3D/pose",), ("rot", "tilt", "psi"), _dec_pose3d, _enc_pose3d,
            "alignments3D", fill=0.0, exact=False),
     _shift_codec("alignments3D"),
@@ -730,6 +765,9 @@ def _new_particle_codecs(table: pd.DataFrame, cs: dict) -> tuple[list[_Codec], l
                  "optics_group"):
         if name in cols and name not in claimed:
             add(name)
+    for codec in (_BY_NAME["beam_tilt"], _BY_NAME["anisomag"]):
+        if set(codec.canon) <= cols and not set(codec.canon) & claimed and ("cs" in cols or codec.name != "beam_tilt"):
+            add(codec.name)
     three_d = "pose_alignments3D" in active or bool({"rot", "tilt"} & cols)
     shifts = bool({"shift_x", "shift_y"} & cols) and ("pixel_size" in cols or "shift_x" in claimed)
     if three_d:

@@ -48,6 +48,12 @@ PARTICLE_LABELS = {
     "rlnAmplitudeContrast": "amp_contrast",
     "rlnImagePixelSize": "pixel_size",
     "rlnImageSize": "box",
+    "rlnBeamTiltX": "beam_tilt_x",
+    "rlnBeamTiltY": "beam_tilt_y",
+    "rlnMagMat00": "mag_00",
+    "rlnMagMat01": "mag_01",
+    "rlnMagMat10": "mag_10",
+    "rlnMagMat11": "mag_11",
     # not a RELION label: cryoSPARC's row identity, kept so .cs -> .star -> .cs gives the same uids
     # (RELION keeps unknown labels through its programs)
     "cryosparcUid": "uid",
@@ -59,6 +65,12 @@ OPTICS_LABELS = {
     "rlnVoltage": "voltage",
     "rlnSphericalAberration": "cs",
     "rlnAmplitudeContrast": "amp_contrast",
+    "rlnBeamTiltX": "beam_tilt_x",
+    "rlnBeamTiltY": "beam_tilt_y",
+    "rlnMagMat00": "mag_00",
+    "rlnMagMat01": "mag_01",
+    "rlnMagMat10": "mag_10",
+    "rlnMagMat11": "mag_11",
 }
 CANONICAL_TO_LABEL = {v: k for k, v in PARTICLE_LABELS.items()}
 # Labels computed from canonical fields through a conversion; the raw input text is kept in a
