@@ -133,3 +133,45 @@ def test_cs_to_star_to_cs_is_lossless(cs, tmp_path):
     write_particles(back, tmp_path / "back.cs")
     diff = cs_differences(Dataset.load(cs), Dataset.load(tmp_path / "back.cs"))
     assert not diff, f"{cs.name}: .cs -> STAR -> .cs changed:\n  " + "\n  ".join(diff)
+
+
+def test_a_value_changed_on_the_other_side_wins_and_nothing_else_moves(tmp_path):
+    """RELION -> cryoSPARC (defocus refined there) -> RELION, and .cs -> RELION (defocus edited) -> .cs."""
+    star = SHARED_DATA / "real-particles" / "relion31.6opticsgroups.star"
+    cs = SHARED_DATA / "real-particles" / "empiar_10076_7.cs"
+    if not (star.exists() and cs.exists()):
+        pytest.skip(NO_DATA)
+    ps = read_particles(star)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_particles(ps, tmp_path / "p.cs")
+    back = read_particles(tmp_path / "p.cs", project_dir=ps.root)
+    back.table.loc[0, "defocus_u"] += 500.0
+    write_particles(back, tmp_path / "back.star")
+    diff = star_differences(star, tmp_path / "back.star")
+    assert len(diff) == 1 and diff[0].startswith("data_particles/rlnDefocusU: 1 of 139"), diff
+
+    ps = read_particles(cs)
+    write_particles(ps, tmp_path / "e.star")
+    back = read_particles(tmp_path / "e.star", project_dir=ps.root)
+    back.table.loc[2, "defocus_u"] = 12345.5
+    write_particles(back, tmp_path / "e.cs")
+    a, b = Dataset.load(cs), Dataset.load(tmp_path / "e.cs")
+    assert [d.split(":")[0] for d in cs_differences(a, b)] == ["ctf/df1_A"]
+    assert float(b["ctf/df1_A"][2]) == 12345.5 and np.array_equal(np.delete(a["ctf/df1_A"], 2), np.delete(b["ctf/df1_A"], 2))
+
+
+def test_new_mappings_fill_cryosparc_fields(tmp_path):
+    """Beam tilt -> ctf/tilt_A (via Cs), rlnMagMat -> ctf/anisomag (identity subtracted), per optics group."""
+    star = SHARED_DATA / "real-particles" / "relion31.6opticsgroups.star"
+    if not star.exists():
+        pytest.skip(NO_DATA)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_particles(read_particles(star), tmp_path / "p.cs")
+    d = Dataset.load(tmp_path / "p.cs")
+    first = int(np.flatnonzero(np.asarray(d["ctf/exp_group_id"]) == 0)[0])  # optics group 1
+    assert np.allclose(d["ctf/anisomag"][first], [0.011472, 0.004231, 0.004560, 0.008858], atol=1e-6)
+    tilt_mrad = np.arcsin(np.asarray(d["ctf/tilt_A"][first], float) / (2.7 * 1e7)) * 1e3
+    assert np.allclose(tilt_mrad, [0.657334, 0.884982], atol=1e-6)
+    assert str(d["rln/rlnCtfFigureOfMerit"].dtype) == "float64" and d["rln_optics/rlnOpticsGroupName"][first] == "opticsGroup5"
