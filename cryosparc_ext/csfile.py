@@ -12,7 +12,8 @@ exports, is stripped and put back on writing); ``blob/idx`` -> ``image_index`` (
 ``ctf/cs_mm`` -> ``cs``; ``ctf/amp_contrast``; ``ctf/df1_A``/``df2_A`` -> ``defocus_u``/``_v``;
 ``ctf/df_angle_rad`` -> ``defocus_angle`` (deg); ``ctf/phase_shift_rad`` -> ``phase_shift`` (deg);
 ``ctf/bfactor`` -> ``ctf_bfactor``; ``ctf/scale`` -> ``ctf_scale``; ``ctf/exp_group_id`` + 1 ->
-``optics_group``; ``alignments3D/pose`` (rotation vector) -> ``rot``/``tilt``/``psi`` (RELION ZYZ
+``optics_group``; ``ctf/tilt_A`` -> ``beam_tilt_x/y`` (mrad = 1000 asin(tilt_A / Cs[A])); ``ctf/anisomag``
++ identity -> ``mag_00 mag_01 mag_10 mag_11``; ``alignments3D/pose`` (rotation vector) -> ``rot``/``tilt``/``psi`` (RELION ZYZ
 degrees, through core.geometry); ``alignments3D/shift`` (px at ``alignments3D/psize_A``) ->
 ``shift_x``/``shift_y`` (Angstrom); without a 3D alignment ``alignments2D/pose`` -> ``psi`` and
 ``alignments2D/shift`` -> shifts; ``alignments2D/class`` + 1 -> ``class_id`` (``alignments3D/class``

@@ -1,7 +1,8 @@
 """Convert particles between RELION STAR and cryoSPARC .cs, identity preserved
 
-Every column is kept (unknown labels pass through); a particle keeps its image (index@stack,
-blob/path + blob/idx) and cryoSPARC uid, so either program finds its rows again.
+Lossless both ways: mapped values go into the other program's fields, everything else is carried
+(``rln/...`` fields in a .cs, ``cryosparc/...`` columns in a STAR file) and restored when converting
+back; a particle keeps its image (index@stack, blob/path + blob/idx) and cryoSPARC uid.
 
 Example usage
 -------------
