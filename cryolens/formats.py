@@ -50,20 +50,22 @@ def write_particles(ps: ParticleSet, path: str | os.PathLike, relion_version: st
     (relion_ext.carry); .cs -> STAR: the .cs fields go into ``cryosparc/`` columns
     (cryosparc_ext.carry). Writing back to the original format restores the original file.
     """
-    from cryolens.cryosparc_ext import carry as cs_carry
-    from cryolens.relion_ext import carry as rln_carry
-
     kind = kind_of(path) if Path(path).suffix else "?"
     if kind == "star":
+        from cryolens.relion_ext import carry as rln_carry
         from cryolens.relion_ext.star import write_particles as write_star
 
         if rln_carry.is_carried(ps):
             ps = rln_carry.restore(ps)
-        elif "cryosparc" in ps.meta and not cs_carry.is_carried(ps):
-            ps = cs_carry.carry(ps)
+        elif "cryosparc" in ps.meta:
+            from cryolens.cryosparc_ext import carry as cs_carry
+
+            ps = ps if cs_carry.is_carried(ps) else cs_carry.carry(ps)
         write_star(ps, path, version=relion_version)
     elif kind == "cs":
+        from cryolens.cryosparc_ext import carry as cs_carry
         from cryolens.cryosparc_ext.csfile import write_particles as write_cs
+        from cryolens.relion_ext import carry as rln_carry
 
         if cs_carry.is_carried(ps):
             ps = cs_carry.restore(ps)

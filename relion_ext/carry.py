@@ -40,7 +40,7 @@ def is_carried(ps: ParticleSet) -> bool:
 def _column(values: pd.Series) -> np.ndarray:
     """A STAR column as a plain numpy array a .cs field can hold (int64, float64 or str)."""
     if values.dtype.kind in "iu" or str(values.dtype) in ("Int64", "UInt64"):
-        return values.to_numpy(dtype=np.int64)
+        return values.to_numpy(dtype=np.int64) if values.notna().all() else values.to_numpy(np.float64, na_value=np.nan)
     if values.dtype.kind == "f":
         return values.to_numpy(dtype=np.float64)
     return np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
@@ -131,12 +131,10 @@ def restore(ps: ParticleSet) -> ParticleSet:
             continue
         rows = _changed(field, t[field], t0[field]) & t[field].notna().to_numpy()  # NaN: no value in the .cs
         if rows.any():
-            col = t0[field].astype(object) if t0[field].dtype != t[field].dtype else t0[field].copy()
-            col[rows] = t[field][rows]
-            t0[field] = col.astype(t[field].dtype) if not (FIELDS[field][0] == "str") else col
+            t0[field] = np.where(rows, t[field].to_numpy(), t0[field].to_numpy())
     if {"rot", "tilt", "psi"} <= set(t.columns) and {"rot", "tilt", "psi"} <= set(t0.columns):
-        now = t[["rot", "tilt", "psi"]].to_numpy(dtype=np.float64)
-        was = t0[["rot", "tilt", "psi"]].to_numpy(dtype=np.float64)
+        now = t[["rot", "tilt", "psi"]].to_numpy(dtype=np.float64, copy=True)
+        was = t0[["rot", "tilt", "psi"]].to_numpy(dtype=np.float64, copy=True)
         rows = np.asarray(angular_distance_deg(euler_to_matrix(now), euler_to_matrix(was))) > POSE_DEG
         if rows.any():
             t0.loc[rows, ["rot", "tilt", "psi"]] = now[rows]
