@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
 
         warnings.showwarning = _warning_line  # one line, no source excerpt
     try:
+        from cryolens.core.jobs.flags import check_options
         from cryolens.core.runtime import resolve_device, seed_everything
 
+        check_options(args)  # every declared range, before the command does any work
         args.device = resolve_device(args.device)
         seed_everything(args.seed)
         return int(args.func(args))

@@ -24,12 +24,15 @@ OUTPUT_KINDS = ("particles", "classes", "table", "figure", "volume")
 
 @dataclass(frozen=True)
 class Param:
-    """A typed job parameter (what RELION shows as a param label/value, cryoSPARC as a flag).
+    """A typed parameter of a job or a command: its range is declared here, once, and ``parse``
+    checks it before any work (what RELION shows as a param label/value, cryoSPARC as a flag).
 
     ``type`` is int, float, str, bool or Path. A Path parameter names a file the job needs
     (``file_kind``, one of ``files.FILE_KINDS``): every adapter loads and checks it before the job
-    starts, and the job receives the loaded object. ``unset`` says, for help texts, what an unset
-    value (None or "") means; ``metavar`` overrides the placeholder derived from the type.
+    starts, and the job receives the loaded object. ``min``/``max`` bound numbers (inclusive;
+    ``min_exclusive`` makes the lower bound strict, for a pixel size or an SNR); floats must be
+    finite unless ``finite`` is false. ``unset`` says, for help texts, what an unset value (None
+    or "") means; ``metavar`` overrides the placeholder derived from the type.
     """
 
     name: str
@@ -43,6 +46,8 @@ class Param:
     required: bool = False
     unset: str | None = None
     metavar: str | None = None
+    min_exclusive: bool = False
+    finite: bool = True
 
     def parse(self, raw: Any) -> Any:
         """Convert a command-line value (or a bare flag: None) and check it; CryolensError if bad."""
@@ -54,22 +59,33 @@ class Param:
                 return True
             if text in ("0", "no", "false", "n", "off", ""):
                 return False
-            raise CryolensError(f"parameter --{self.name}: expected yes/no, got {raw!r}")
+            raise CryolensError(f"parameter {self.flag}: expected yes/no, got {raw!r}")
         if raw is None or (isinstance(raw, str) and raw.strip() == ""):
             return self.default
         if self.type is Path:
             return Path(str(raw).strip())
         try:
             value = self.type(raw)
-        except (TypeError, ValueError):
-            raise CryolensError(f"parameter --{self.name}: expected {self.type.__name__}, got {raw!r}") from None
-        if isinstance(value, float) and math.isnan(value):
-            raise CryolensError(f"parameter --{self.name}: NaN is not allowed")
-        if self.choices is not None and value not in self.choices:
-            raise CryolensError(f"parameter --{self.name}: {value!r} is not one of {', '.join(map(str, self.choices))}")
-        if self.min is not None and value < self.min or self.max is not None and value > self.max:
-            raise CryolensError(f"parameter --{self.name}: {value} is outside [{self.min}, {self.max}]")
+        except (TypeError, ValueError, OverflowError):
+            raise CryolensError(f"parameter {self.flag}: expected {self.type.__name__}, got {raw!r}") from None
+        self.check(value)
         return value
+
+    def check(self, value: Any) -> None:
+        """The declared choices, finiteness and range; CryolensError naming the parameter."""
+        if isinstance(value, float) and not math.isfinite(value) and (self.finite or math.isnan(value)):
+            raise CryolensError(f"parameter {self.flag}: expected a finite number, got {value}")
+        if self.choices is not None and value not in self.choices:
+            raise CryolensError(f"parameter {self.flag}: {value!r} is not one of {', '.join(map(str, self.choices))}")
+        low = self.min is not None and (value <= self.min if self.min_exclusive else value < self.min)
+        if low or self.max is not None and value > self.max:
+            raise CryolensError(f"parameter {self.flag}: {value} is outside {self.range_text()}")
+
+    def range_text(self) -> str:
+        """The allowed interval: [0, 1], (0, inf), [1, inf)."""
+        lo = "-inf" if self.min is None else f"{self.min:g}"
+        hi = "inf" if self.max is None else f"{self.max:g}"
+        return f"{'(' if self.min is None or self.min_exclusive else '['}{lo}, {hi}{')' if self.max is None else ']'}"
 
     @property
     def flag(self) -> str:

@@ -1,5 +1,7 @@
 """A job's parameters as command-line flags, and the job lister: shared by the three entries
-(``cryolens run``, ``cryolens-relion-<job>``, ``cryolens-cryosparc``).
+(``cryolens run``, ``cryolens-relion-<job>``, ``cryolens-cryosparc``). A command's own options
+(``cryolens simulate --snr``) are declared as Params too (``add_options``), so their ranges live
+in one place and ``check_options`` checks them all before the command does any work.
 
 Every parameter is accepted as ``--top-k`` and as ``--top_k`` (the spelling RELION's GUI passes,
 from the param label); help shows the first, with a placeholder by type and its default.
@@ -7,11 +9,12 @@ from the param label); help shows the first, with a placeholder by type and its 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from .base import Input, JobSpec
+from .base import Input, JobSpec, Param
 
 _DEST = "param__"
+_OPTIONS = "options__"  # the Params of the command a namespace was parsed for
 
 
 def add_param_arguments(parser: argparse.ArgumentParser, spec: JobSpec, bare_flags: bool = False) -> None:
@@ -51,3 +54,20 @@ def describe_job(spec: JobSpec, input_flag: Callable[[Input], str]) -> list[str]
     for prm in spec.params:
         lines.append(f"    {prm.flag} {prm.placeholder()}: {prm.help} ({prm.default_text()})")
     return lines
+
+
+def add_options(parser: argparse.ArgumentParser, params: Sequence[Param]) -> None:
+    """A command's options declared as Params (``--pixel-size X`` for ``pixel_size``): argparse keeps
+    the raw text, and ``check_options`` converts and range-checks every one, the default included,
+    in one place and in one line on error (argparse's own errors print the usage too)."""
+    for prm in params:
+        parser.add_argument(prm.flag, dest=prm.name, default=prm.default, metavar=prm.placeholder(),
+                            help=f"{prm.help} ({prm.default_text()})")
+    parser.set_defaults(**{_OPTIONS: tuple(parser.get_default(_OPTIONS) or ()) + tuple(params)})
+
+
+def check_options(namespace: argparse.Namespace) -> None:
+    """Replace each declared option's raw value by its parsed, checked value; CryolensError naming
+    the option if one is out of range, not finite or not a choice."""
+    for prm in getattr(namespace, _OPTIONS, ()):
+        setattr(namespace, prm.name, prm.parse(getattr(namespace, prm.name)))

@@ -16,14 +16,16 @@ import os
 from pathlib import Path
 
 from cryolens.core.errors import CryolensError
+from cryolens.core.jobs.base import Param
+from cryolens.core.jobs.flags import add_options
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="IN")
     parser.add_argument("output", metavar="OUT")
     parser.add_argument("--project-dir", help="directory image paths are relative to (default: found)")
-    parser.add_argument("--relion-version", choices=["3.0", "3.1", "4.0", "5.0"],
-                        help="STAR flavour to write (default: the input's, or 3.1)")
+    add_options(parser, (Param("relion_version", str, None, "STAR flavour to write", choices=("3.0", "3.1", "4.0", "5.0"),
+                               unset="the input's, or 3.1"),))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from cryolens.core.errors import ExitCode, InputError
+from cryolens.core.jobs.base import Param
+from cryolens.core.jobs.flags import add_options
 from cryolens.core.particles import ClassSet, ParticleSet
 from cryolens.formats import kind_of
 from cryolens.relion_ext.class2d import is_class2d
@@ -30,8 +32,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project-dir", help="directory image paths are relative to (default: found)")
     parser.add_argument("--stats", action="store_true",
                         help="also stream every particle image and report pixel statistics")
-    parser.add_argument("--batch-size", type=int, default=512, metavar="N",
-                        help="images per batch with --stats (default 512)")
+    add_options(parser, (Param("batch_size", int, 512, "images per batch with --stats", min=1),))
 
 
 def _rng(values: pd.Series, unit: str, fmt: str = ".0f") -> str:

@@ -16,6 +16,19 @@ import argparse
 import time
 from pathlib import Path
 
+from cryolens.core.jobs.base import Param
+from cryolens.core.jobs.flags import add_options
+
+
+# a new library's geometry; the ranges are checked before anything is read or rendered
+BUILD_OPTIONS = (
+    Param("phantoms", int, 0, "add this many cryolens phantom proteins", min=0),
+    Param("box", int, 64, "reference box, px (new library)", min=8),
+    Param("pixel_size", float, 3.0, "reference pixel size, A (new library)", min=0, min_exclusive=True),
+    Param("resolution", float, 15.0, "references low-passed to this, A", min=0),
+    Param("views", int, 200, "projections per map over the sphere", min=1),
+)
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     lsub = parser.add_subparsers(dest="library_command", metavar="ACTION", required=True)
@@ -25,12 +38,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--csv", help="CSV with columns path,name[,accession] (paths relative to the CSV)")
     b.add_argument("--models", nargs="+", default=[], metavar="MODEL",
                    help="atomic models (.cif/.pdb) made into maps with gemmi (pip install cryolens[models])")
-    b.add_argument("--phantoms", type=int, default=0, help="add this many cryolens phantom proteins")
     b.add_argument("--phantom-seed", type=int, default=0)
-    b.add_argument("--box", type=int, default=64, help="reference box, px (new library; default 64)")
-    b.add_argument("--pixel-size", type=float, default=3.0, help="reference pixel size, A (new library; default 3)")
-    b.add_argument("--resolution", type=float, default=15.0, help="references low-passed to this, A (default 15)")
-    b.add_argument("--views", type=int, default=200, help="projections per map over the sphere (default 200)")
+    add_options(b, BUILD_OPTIONS)
     b.add_argument("--model", help="identity model to embed the references with (default: the shipped one)")
     b.add_argument("--no-embed", action="store_true", help="do not embed now (identify embeds on first use)")
     i = lsub.add_parser("info", help="list a library's entries")

@@ -18,20 +18,29 @@ from pathlib import Path
 
 import numpy as np
 
+from cryolens.core.jobs.base import Param
+from cryolens.core.jobs.flags import add_options
+
+
+# the ranges are checked before anything is written (cli: check_options)
+OPTIONS = (
+    Param("n", int, 2000, "particles", min=1),
+    Param("species", int, 3, "number of phantom proteins", min=1),
+    Param("box", int, 64, "box size, px (the projector needs at least 8)", min=8),
+    Param("pixel_size", float, 3.0, "pixel size, A", min=0, min_exclusive=True),
+    Param("snr", float, 0.1, "signal-to-noise ratio", min=0, min_exclusive=True),
+    Param("junk", float, 0.1, "fraction of junk particles", min=0, max=1),
+    Param("noise", str, "realistic", "noise model", choices=("white", "coloured", "realistic")),
+    Param("classes", int, 12, "2D classes to make (0: none)", min=0),
+    Param("class_route", str, "fast", "fast synthesis, a real relion_refine run, both, or none",
+          choices=("fast", "relion", "both", "none")),
+    Param("relion_iters", int, 5, "relion_refine iterations", min=1),
+)
+
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("outdir", metavar="OUTDIR", help="project directory to write (created)")
-    p.add_argument("--n", type=int, default=2000, help="particles (default 2000)")
-    p.add_argument("--species", type=int, default=3, help="number of phantom proteins (default 3)")
-    p.add_argument("--box", type=int, default=64, help="box size, px (default 64)")
-    p.add_argument("--pixel-size", type=float, default=3.0, help="pixel size, A (default 3.0)")
-    p.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio (default 0.1)")
-    p.add_argument("--junk", type=float, default=0.1, help="fraction of junk particles (default 0.1)")
-    p.add_argument("--noise", choices=["white", "coloured", "realistic"], default="realistic")
-    p.add_argument("--classes", type=int, default=12, help="2D classes to make (default 12)")
-    p.add_argument("--class-route", choices=["fast", "relion", "both", "none"], default="fast",
-                   help="fast synthesis, a real relion_refine run, both, or none (default fast)")
-    p.add_argument("--relion-iters", type=int, default=5, help="relion_refine iterations (default 5)")
+    add_options(p, OPTIONS)
     p.add_argument("--cs", action="store_true", help="also write the particles as a cryoSPARC .cs")
 
 

@@ -88,7 +88,7 @@ def test_split_outputs_get_valid_cryosparc_names(standin):
 @pytest.mark.parametrize("args, message", [
     (["--classes", "1,x"], "parameter --classes: cannot read 'x'"),
     (["--classes", "9"], "no particles selected"),
-    (["--min_quantile", "2", "--column", "class_id"], "parameter --min_quantile: 2.0 is outside [0, 1]"),
+    (["--min_quantile", "2", "--column", "class_id"], "parameter --min-quantile: 2.0 is outside [0, 1]"),
 ])
 def test_bad_parameters_mark_the_job_failed_with_a_readable_message(standin, capsys, args, message):
     state, url = standin
