@@ -24,6 +24,8 @@ import torch
 from scipy import ndimage
 
 from .atomic import atomic_write_text
+from .errors import InputError
+from .finite import require_finite
 from .mrc import read_map, write_map
 
 __all__ = [
@@ -422,12 +424,13 @@ def from_map(path_or_array, box: int, pixel_size: float, source_pixel_size: floa
         src = str(path.resolve())
         if source_pixel_size is None:
             if vox is None:
-                raise ValueError(f"{path}: the header has no pixel size; pass source_pixel_size")
+                raise InputError("the header has no pixel size (set it, e.g. relion_image_handler --angpix)", path)
             source_pixel_size = vox
         name = name or path.stem
     else:
         vol = np.asarray(path_or_array, np.float32)
         src = "array"
+        require_finite(vol, "the map")  # read_map checks files
         if source_pixel_size is None:
             raise ValueError("source_pixel_size is needed for an array")
         name = name or "map"

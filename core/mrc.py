@@ -30,6 +30,7 @@ from mrcfile.mrcinterpreter import MrcInterpreter
 
 from .atomic import atomic_path
 from .errors import InputError
+from .finite import require_finite
 
 __all__ = ["StackInfo", "MapInfo", "read_map", "map_info", "write_map", "write_stack", "stack_writer",
            "stack_info", "open_stack", "read_class_stack", "MRC_SUFFIXES", "SUPPORTED_MODES"]
@@ -219,6 +220,7 @@ def read_map(path: str | os.PathLike, *, strict: bool = True) -> tuple[np.ndarra
         if mrc.header.nz == 1 or mrc.data.ndim != 3:
             raise InputError(f"not a 3D map (data shape {mrc.data.shape})", path)
         data = np.array(np.transpose(mrc.data, _to_zyx(info.axis_order)), dtype=np.float32, order="C")
+    require_finite(data, "the map", path)
     vox = info.voxel_size
     if strict and (vox is not None and math.isnan(vox) or not info.orthogonal):
         vx, vy, vz = info.voxel_size_xyz
@@ -349,11 +351,11 @@ def read_class_stack(path: str | os.PathLike, pixel_size: float | None = None):
     if info.ny != info.nx:
         raise InputError(f"class averages must be square, this stack is {info.nx} x {info.ny}", path)
     images = np.array(open_stack(path, as_stack=True), dtype=np.float32)
-    if not np.isfinite(images).all():
-        raise InputError("the stack holds NaN or infinite pixels", path)
     px = pixel_size if pixel_size else info.pixel_size
     if px is not None and not px > 0:
         px = None
     table = pd.DataFrame({"class_id": np.arange(1, len(images) + 1, dtype=np.int64), "image_stack": str(path),
                           "image_index": np.arange(len(images), dtype=np.int64)})
-    return ClassSet(table, images, px, None, source=str(path), meta={"bare_stack": True})
+    cs = ClassSet(table, images, px, None, source=str(path), meta={"bare_stack": True})
+    cs.check_finite_images()
+    return cs

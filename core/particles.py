@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .finite import require_finite
 
 # canonical field -> (dtype kind, meaning). Units are fixed: Angstrom, degrees, kV, mm.
 FIELDS: dict[str, tuple[str, str]] = {
@@ -287,6 +288,22 @@ class ClassSet:
         if "n_particles" in self.table:
             return pd.Series(self.table["n_particles"].to_numpy(), index=self.class_ids, name="n_particles")
         return None
+
+    def check_finite_images(self, root: str | os.PathLike | None = None) -> None:
+        """The one rule for class averages from every reader (bare stack, RELION, cryoSPARC):
+        finite pixels (RELION writes an empty class as zeros, never NaN). InputError naming the
+        class and its stack (relative to ``root``)."""
+        if self.images is None:
+            return
+        bad = np.flatnonzero(~np.isfinite(self.images).all(axis=(1, 2)))
+        if not len(bad):
+            return
+        row = self.table.iloc[int(bad[0])]
+        stack = row.get("image_stack", self.source)
+        path = Path(root) / str(stack) if root is not None and stack is not None else stack
+        where = f"image {int(row['image_index']) + 1}" if "image_index" in row else "its image"
+        others = f" ({len(bad) - 1} other class(es) too)" if len(bad) > 1 else ""
+        require_finite(self.images[bad[0]], f"class {int(row['class_id'])}'s average ({where}){others}", path)
 
     def members(self, class_ids: int | Iterable[int]) -> ParticleSet:
         """The particles assigned to the given class number(s)."""

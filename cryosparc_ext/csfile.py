@@ -967,8 +967,10 @@ def read_classes(path_templates_cs: str | os.PathLike, particles_cs: str | os.Pa
         finally:
             src.close()
     meta["root"] = str(root)
-    return ClassSet(table, images, pixel_size, particles, source=str(path),
-                    meta={"labels": {**labels, "class_id": "blob/idx"}, "cryosparc": meta})
+    cs = ClassSet(table, images, pixel_size, particles, source=str(path),
+                  meta={"labels": {**labels, "class_id": "blob/idx"}, "cryosparc": meta})
+    cs.check_finite_images(root)
+    return cs
 
 
 def write_classes(classset: ClassSet, path: str | os.PathLike, project_dir: str | os.PathLike | None = None) -> Path:

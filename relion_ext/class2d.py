@@ -148,7 +148,9 @@ def read_class2d(path: str | os.PathLike, root: str | os.PathLike | None = None,
                                  "optimiser": str(files.optimiser) if files.optimiser else None},
                        "iteration": files.iteration, "model_classes": classes, "model_general": general,
                        "root": str(project)}}
-    return ClassSet(table, images, pixel_size, particles, source=str(files.model), meta=meta)
+    cs = ClassSet(table, images, pixel_size, particles, source=str(files.model), meta=meta)
+    cs.check_finite_images(project)
+    return cs
 
 
 def class_rows(cs: ClassSet) -> pd.DataFrame:

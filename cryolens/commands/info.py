@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from cryolens.core.errors import ExitCode, InputError
 from cryolens.core.jobs.base import Param
@@ -78,17 +79,29 @@ def image_lines(ps: ParticleSet, args: argparse.Namespace) -> list[str]:
     if getattr(args, "stats", False):
         from cryolens.core.progress import Progress
 
-        total, s1, s2, lo, hi = 0, 0.0, 0.0, np.inf, -np.inf
+        # statistics over the finite pixels; the others are counted, not averaged in (a NaN would
+        # turn every figure into nan)
+        total, bad, s1, s2, lo, hi = 0, 0, 0.0, 0.0, np.inf, -np.inf
         with Progress("reading images") as prog:
             for _, batch in src.iter_batches(batch_size=args.batch_size, device=args.device, progress=prog):
-                b = batch.double()
-                total += b.numel()
+                b = batch.double().reshape(-1)
+                ok = torch.isfinite(b)
+                n_ok = int(ok.sum())
+                bad += b.numel() - n_ok
+                if n_ok < b.numel():
+                    b = b[ok]
+                if not n_ok:
+                    continue
+                total += n_ok
                 s1 += float(b.sum())
                 s2 += float((b * b).sum())
                 lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
-        mean = s1 / total
-        lines.append(f"  pixel statistics: mean {mean:.4g}, std {np.sqrt(max(s2 / total - mean ** 2, 0)):.4g}, "
-                     f"min {lo:.4g}, max {hi:.4g}")
+        if total:
+            mean = s1 / total
+            lines.append(f"  pixel statistics: mean {mean:.4g}, std {np.sqrt(max(s2 / total - mean ** 2, 0)):.4g}, "
+                         f"min {lo:.4g}, max {hi:.4g}" + (" (finite pixels)" if bad else ""))
+        if bad:
+            lines.append(f"  non-finite pixels: {bad} of {bad + total} (NaN or inf)")
     return lines
 
 
