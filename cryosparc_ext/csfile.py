@@ -435,7 +435,8 @@ _BY_NAME = {c.name: c for c in CODECS + [_RES]}
 
 
 # -- generic decode (file columns -> table + meta) --------------------------------------------------
-def _decode(cols: dict[str, np.ndarray], descr: list[Field], codecs: Sequence[_Codec], invert_y: bool):
+def _decode(cols: dict[str, np.ndarray], descr: list[Field], codecs: Sequence[_Codec], invert_y: bool,
+            source: Path):
     """Split file columns into canonical columns, passthrough columns and raw (by-uid) arrays."""
     uid = np.asarray(cols["uid"], dtype=np.uint64)
     active, claimed = [], set()
@@ -445,7 +446,13 @@ def _decode(cols: dict[str, np.ndarray], descr: list[Field], codecs: Sequence[_C
             claimed |= set(c.canon)
     canon: dict[str, np.ndarray] = {}
     for c in active:
-        canon.update(c.decode({f: cols[f] for f in c.fields}, invert_y))
+        try:
+            canon.update(c.decode({f: cols[f] for f in c.fields}, invert_y))
+        except (TypeError, ValueError) as exc:  # e.g. a number field stored as text
+            text = [f for f in c.fields if np.asarray(cols[f]).dtype.kind in "OSU"]
+            field = (text or list(c.fields))[0]
+            raise InputError(f"field {field} ({np.asarray(cols[field]).dtype}) cannot be read as "
+                             f"{'/'.join(c.canon)}: {exc}", source) from None
     coded = {f for c in active for f in c.fields}
     order = np.argsort(uid, kind="stable")
     raw = {_name(f): np.array(cols[_name(f)])[order] for f in descr
@@ -526,7 +533,7 @@ def read_particles(path: str | os.PathLike, project_dir: str | os.PathLike | Non
             origin[_name(f)] = "passthrough"
         used.append(str(pt_path))
 
-    uid, canon, pthru, meta, labels = _decode(cols, descr, CODECS, invert_y)
+    uid, canon, pthru, meta, labels = _decode(cols, descr, CODECS, invert_y, path)
     meta.update(origin=origin, file=str(path), passthrough_files=used)
     table = _table(uid, canon, pthru, len(uid))
     first = str(table["image_stack"].iloc[0]) if "image_stack" in table and len(table) else None
@@ -917,7 +924,7 @@ def read_classes(path_templates_cs: str | os.PathLike, particles_cs: str | os.Pa
     for need in ("blob/path", "blob/idx"):
         if need not in cols:
             raise InputError(f"missing field {need} (is this a class-average/template .cs?)", path)
-    uid, canon, pthru, meta, labels = _decode(cols, descr, CLASS_CODECS, False)
+    uid, canon, pthru, meta, labels = _decode(cols, descr, CLASS_CODECS, False, path)
     meta.update(origin={_name(f): "main" for f in descr}, file=str(path))
     table = pd.DataFrame({"class_id": canon["image_index"].astype(np.int64) + 1}) if len(uid) else \
         pd.DataFrame({"class_id": np.zeros(0, np.int64)})
