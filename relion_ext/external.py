@@ -152,6 +152,22 @@ def load_inputs(spec: JobSpec, args: argparse.Namespace) -> dict[str, Any]:
     for name in ("in_movies", "in_mics", "in_coords"):
         if getattr(args, name):
             print(f"cryolens: note: --{name} is not used by job {spec.name}", file=sys.stderr)
+    return upgrade_optics(inputs)
+
+
+def upgrade_optics(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Particles read without ``data_optics`` converted as RELION 3.1+ converts them on reading
+    (``star.with_optics``), so every particle STAR this job writes is a valid 3.1+ file, and a set
+    that cannot be converted fails now, before any work."""
+    from dataclasses import replace
+
+    from .star import with_optics
+
+    if inputs.get("particles") is not None:
+        inputs["particles"] = with_optics(inputs["particles"])
+    cs = inputs.get("classes")
+    if cs is not None and cs.particles is not None:
+        inputs["classes"] = replace(cs, particles=with_optics(cs.particles))
     return inputs
 
 

@@ -368,12 +368,47 @@ def _derived_value(ps: ParticleSet, label: str, width: int) -> pd.Series:
     return pd.Series(np.where(same, pd.to_numeric(raw, errors="coerce"), fresh), index=t.index)
 
 
+def with_optics(ps: ParticleSet) -> ParticleSet:
+    """``ps`` ready to be written as RELION 3.1+, converted as RELION 3.1 converts a particle file
+    without ``data_optics`` (3.0, or a 3.1 file that lost the block) when it reads one: an optics
+    group per distinct set of optics values (unless the particles name their groups), pixel
+    origins as Angstrom. A set that has its optics table comes back unchanged. InputError naming
+    the file when the particles give no pixel size, which every 3.1 optics group needs."""
+    rel = ps.meta.get("relion", {})
+    if rel.get("version") != "3.0" or rel.get("optics") is not None:
+        return ps
+    if "pixel_size" not in ps.table.columns:
+        raise InputError("no data_optics block and no pixel size per particle (rlnImagePixelSize, or "
+                         "rlnDetectorPixelSize with rlnMagnification): RELION 3.1+ needs one per optics group; "
+                         "restore the file's optics table", ps.source)
+    out = ps.copy()
+    t = out.table
+    if "optics_group" not in t.columns:
+        keys = [f for f in OPTICS_LABELS.values() if f != "optics_group" and f in t.columns]
+        t["optics_group"] = t.groupby(keys, sort=False, dropna=False).ngroup().to_numpy() + 1
+    if "box" not in t.columns:  # as RELION: from the images' header, where they can be found
+        try:
+            t["box"] = out.image_source(validate=False).box
+        except (InputError, OSError):
+            pass
+    rel = out.meta.setdefault("relion", {})
+    rel["particle_labels"] = [f"{label}Angst" if label in ("rlnOriginX", "rlnOriginY") else label
+                              for label in rel.get("particle_labels", [])]
+    rel["version"] = "3.1"
+    rel["block_name"] = "particles"
+    rel["optics"] = _optics_table(out, t, "3.1")  # now: a group with mixed optics values fails before any work
+    return out
+
+
 def to_star_blocks(ps: ParticleSet, version: str | None = None) -> tuple[dict[str, pd.DataFrame], str]:
     """The STAR blocks for ``ps`` in RELION ``version`` (default: the version it was read as)."""
     rel = ps.meta.get("relion", {})
     version = version or rel.get("version") or "3.1"
     if version not in STAR_VERSION:
         raise ValueError(f"unknown RELION version {version!r} (use one of {sorted(STAR_VERSION)})")
+    if version != "3.0":
+        ps = with_optics(ps)
+        rel = ps.meta.get("relion", {})
     t = ps.table
     images = not any(str(c).startswith(CS_CARRIED) for c in t.columns) or "image_stack" in t.columns
     if images:
