@@ -98,6 +98,13 @@ TEMPLATE_SLOTS: dict[str, list[Field]] = {
     "blob": [("blob/path", "O"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)), ("blob/psize_A", "<f4"),
              ("blob/res_A", "<f4")],
 }
+# Per-class statistics a template dataset keeps in cryolens's own slot (``class_stats/<field>``,
+# float64; left out of the .csg, so CryoSPARC ignores them): cryoSPARC has no field for them, and
+# without them a Class2D exported to .cs would be ranked on other evidence than the same Class2D
+# read from RELION. Read back, they win over what the particles give (RELION's distribution is the
+# model's class prior, not the share of hard assignments); n_particles is always recounted.
+CLASS_STATS_SLOT = "class_stats"
+CLASS_STATS = ("distribution", "posterior", "ess", "acc_rot", "acc_trans", "completeness")
 # cryoSPARC's values for fields nobody set (imported particles in the real files: sign -1).
 DEFAULTS: dict[str, Any] = {
     "blob/sign": -1.0, "ctf/type": "imported", "ctf/scale": 1.0,
@@ -936,7 +943,9 @@ def read_classes(path_templates_cs: str | os.PathLike, particles_cs: str | os.Pa
         table["resolution"] = canon["resolution"]
     table["uid"] = uid
     for k, v in pthru.items():
-        table[k] = np.asarray(v, dtype=object) if np.asarray(v).dtype.kind in "OSU" else v
+        stat = k[len(CLASS_STATS_SLOT) + 1:] if k.startswith(CLASS_STATS_SLOT + "/") else None
+        table[stat if stat in CLASS_STATS else k] = \
+            np.asarray(v, dtype=object) if np.asarray(v).dtype.kind in "OSU" else v
     psize = canon.get("pixel_size")
     pixel_size = float(psize[0]) if psize is not None and len(psize) else None
     if psize is not None and len(np.unique(psize)) > 1:
@@ -952,8 +961,13 @@ def read_classes(path_templates_cs: str | os.PathLike, particles_cs: str | os.Pa
         counts = pt["class_id"].value_counts()
         total = max(len(pt), 1)
         table["n_particles"] = [int(counts.get(k, 0)) for k in table["class_id"]]
-        table["distribution"] = table["n_particles"] / total
+        carried = set(table.columns) & set(CLASS_STATS)  # statistics the templates carry win
+        meta["derived_stats"] = sorted({"distribution", "posterior", "ess"} - carried)  # not written back
+        if "distribution" not in carried:
+            table["distribution"] = table["n_particles"] / total
         for col, field in (("posterior", "alignments2D/class_posterior"), ("ess", "alignments2D/class_ess")):
+            if col in carried:
+                continue
             if field in pt.columns:
                 mean = pd.to_numeric(pt[field], errors="coerce").astype(float).groupby(pt["class_id"]).mean()
                 table[col] = [float(mean.get(k, np.nan)) for k in table["class_id"]]
@@ -1013,9 +1027,12 @@ def write_classes(classset: ClassSet, path: str | os.PathLike, project_dir: str 
     keys = lambda: t["image_index"].astype(np.int64).astype(str) + "@" + t["image_stack"].astype(str)  # noqa: E731
     uid = _table_uids(t, keys, classset.source)
     new = [c for c in CLASS_CODECS if c.name not in cs.get("codecs", []) and c.canon[0] in t.columns]
-    # per-class statistics are computed by CryoSPARC from the particles, never stored in templates
-    t = t.drop(columns=[c for c in ("n_particles", "distribution", "posterior", "ess", "class_id",
-                                    "acc_rot", "acc_trans", "completeness") if c in t.columns])
+    derived = set(cs.get("derived_stats", ()))  # what read_classes computed from cryoSPARC's own fields
+    stats = {f"{CLASS_STATS_SLOT}/{c}": pd.to_numeric(t[c], errors="coerce").to_numpy(np.float64)
+             for c in CLASS_STATS if c in t.columns and c not in derived}
+    # n_particles is recounted from the particles by whoever reads the classes (and by CryoSPARC)
+    t = t.drop(columns=[c for c in ("n_particles", "class_id", *CLASS_STATS, *stats) if c in t.columns])
     descr, cols = _encode(t, cs, uid, new, TEMPLATE_SLOTS, classset.source)
-    _save(path, descr, cols)
+    descr = [f for f in descr if _name(f) not in stats] + [(k, "<f8") for k in stats]
+    _save(path, descr, {**cols, **stats})
     return path
