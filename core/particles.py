@@ -290,12 +290,14 @@ class ClassSet:
         return None
 
     def check_finite_images(self, root: str | os.PathLike | None = None) -> None:
-        """The one rule for class averages from every reader (bare stack, RELION, cryoSPARC):
-        finite pixels (RELION writes an empty class as zeros, never NaN). InputError naming the
-        class and its stack (relative to ``root``)."""
+        """The one rule for class averages from every reader (bare stack, RELION, cryoSPARC): an
+        image is finite, or has no finite pixel at all (RELION's average of a class that lost its
+        particles: blank, which jobs handle). An image with some NaN or infinite pixels is corrupt:
+        InputError naming the class and its stack (relative to ``root``)."""
         if self.images is None:
             return
-        bad = np.flatnonzero(~np.isfinite(self.images).all(axis=(1, 2)))
+        fin = np.isfinite(np.asarray(self.images)).reshape(len(self.images), -1)
+        bad = np.flatnonzero(~fin.all(1) & fin.any(1))
         if not len(bad):
             return
         row = self.table.iloc[int(bad[0])]

@@ -282,3 +282,25 @@ def test_a_particle_star_without_optics_becomes_a_valid_31_file(files, tmp_path,
     ps, orig = read_particles(out), read_particles(tmp_path / "old.star")
     assert ps.table["image_stack"].tolist() == orig.table["image_stack"].tolist()
     np.testing.assert_allclose(ps.table["shift_x"], orig.table["shift_x"])
+
+
+def test_an_emptied_class_all_nan_is_blank_not_bad_input(files, tmp_path, capsys):
+    """The finite rule's one exception, the same in every reader: an average with no finite pixel is
+    RELION's average of a class that lost its particles; rank reads it and scores it 0. Some NaN
+    pixels among finite ones is corruption (the cases above)."""
+    if files is None:
+        pytest.skip(f"real test data not available: {SHARED_DATA}")
+    import pandas as pd
+
+    from cryolens.cli import main
+
+    with mrcfile.open(files["stack"], permissive=True) as m:
+        images = np.array(m.data, dtype=np.float32)
+    images[2] = np.nan
+    with mrcfile.new(tmp_path / "emptied.mrcs") as m:
+        m.set_data(images)
+        m.voxel_size = 4.88
+    assert main(["run", "rank", "--classes-in", str(tmp_path / "emptied.mrcs"), "--out", str(tmp_path / "out"),
+                 "--gallery", "no"]) == 0, capsys.readouterr().err
+    scores = pd.read_csv(tmp_path / "out" / "rank_scores.csv")
+    assert scores.loc[2, "score"] == 0 and scores.loc[2, "selected"] == 0
