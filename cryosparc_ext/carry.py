@@ -108,7 +108,7 @@ def restore(ps: ParticleSet) -> ParticleSet:
     descr = [("uid", "<u8")] + [_field(n, t[PREFIX + n], known) for n in names]
     uid = _table_uids(t, ps.image_keys, ps.source)
     cols = {"uid": uid, **{_name(f): _from_star(t[PREFIX + _name(f)], f) for f in descr[1:]}}
-    uid, canon, pthru, meta, labels = _decode(cols, descr, CODECS, False)
+    uid, canon, pthru, meta, labels = _decode(cols, descr, CODECS, False, ps.source)
     meta.update(origin={_name(f): "main" for f in descr}, file=str(ps.source), passthrough_files=[])
     claimed = {k for c in CODECS if c.name in meta["codecs"] for k in c.canon} | {"uid"}
     table = t.drop(columns=[c for c in t.columns if str(c).startswith(PREFIX)

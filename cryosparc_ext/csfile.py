@@ -443,7 +443,7 @@ _BY_NAME = {c.name: c for c in CODECS + [_RES]}
 
 # -- generic decode (file columns -> table + meta) --------------------------------------------------
 def _decode(cols: dict[str, np.ndarray], descr: list[Field], codecs: Sequence[_Codec], invert_y: bool,
-            source: Path):
+            source: str | os.PathLike | None = None):
     """Split file columns into canonical columns, passthrough columns and raw (by-uid) arrays."""
     uid = np.asarray(cols["uid"], dtype=np.uint64)
     active, claimed = [], set()
