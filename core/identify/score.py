@@ -167,6 +167,28 @@ def shortlist_entries(emb_scores: np.ndarray, emb_decoy: np.ndarray, at_least: i
     return [order[i, :n[i]] for i in range(len(emb_scores))]
 
 
+MAX_WRONG = 0.02  # the share of named classes allowed to be wrong, above the margin floor
+
+
+def margin_floor(margin: np.ndarray, named: np.ndarray, correct: np.ndarray, max_wrong: float = MAX_WRONG) -> float:
+    """The smallest margin m such that, of the classes ``named`` (confident) with margin >= m, at most
+    ``max_wrong`` are wrong. The margin (best entry over the best competitor, library or decoy) is
+    the part of the evidence that carries across data generators: a small blob matches every small
+    entry with a high score, but only a class that resembles one entry more than all others leads
+    by much. Fitted with the calibration; ``identify`` names no class below it."""
+    m = np.asarray(margin, np.float64)[np.asarray(named, bool)]
+    ok = np.asarray(correct, bool)[np.asarray(named, bool)]
+    order = np.argsort(-m, kind="stable")
+    wrong = np.cumsum(~ok[order]) / np.arange(1, len(order) + 1)
+    good = np.flatnonzero(wrong <= max_wrong)
+    if not len(order):
+        return 0.0
+    if not len(good):
+        return float(m[order[0]] + 1e-6)  # nothing named is right often enough: name nothing seen
+    # the longest prefix (largest margins first) that stays under max_wrong; ties at the cut stay in
+    return float(m[order[good[-1]]])
+
+
 def confidence_features(es: EntryScores) -> np.ndarray:
     """(Q, 3): best entry score, its z-score against the decoys, margin over the best competitor."""
     s = np.where(np.isfinite(es.scores), es.scores, -np.inf)
@@ -203,6 +225,12 @@ def identify(images, pixel_size: float | None, library: Library, model: Identity
     if weights is None:
         raise CryolensError(f"the identity model has no calibration for mode {mode!r}")
     conf = logistic(feats, weights)
+    floor = float(((model.meta or {}).get("min_margin") or {}).get(mode, -np.inf)) if model is not None else -np.inf
+    ambiguous = (conf >= min_confidence) & (feats[:, 2] < floor)
+    if ambiguous.any() and log:
+        log(f"{int(ambiguous.sum())} classes left unknown although confident: their best entry leads the next "
+            f"(or a decoy) by less than {floor:.3f}, the margin below which the calibration data named more than "
+            f"{100 * MAX_WRONG:.0f}% wrong (several entries fit as well)")
     names = library.entries["name"].astype(str).to_numpy()
     acc = library.entries["accession"].fillna("").astype(str).to_numpy()
     k = min(top_k, len(library))
@@ -210,10 +238,10 @@ def identify(images, pixel_size: float | None, library: Library, model: Identity
     rows = []
     for i in range(len(q)):
         top = order[i]
-        known = conf[i] >= min_confidence and np.isfinite(es.scores[i, top[0]])
+        known = conf[i] >= min_confidence and not ambiguous[i] and np.isfinite(es.scores[i, top[0]])
         row = {"identity": names[top[0]] if known else "unknown", "accession": acc[top[0]] if known else "",
                "confidence": float(conf[i]), "score": float(es.scores[i, top[0]]),
-               "decoy_z": float(feats[i, 1]), "margin": float(feats[i, 2])}
+               "decoy_z": float(feats[i, 1]), "margin": float(feats[i, 2]), "ambiguous": bool(ambiguous[i])}
         for j in range(k):
             sc = es.scores[i, top[j]]
             row[f"match{j + 1}"] = names[top[j]] if np.isfinite(sc) else ""

@@ -44,7 +44,7 @@ from ..simulate.classes import class_average_like
 from .decoys import build_decoys, prepare_library
 from .library import Library
 from .model import MODES, IdentityModel
-from .score import confidence_features, decoy_z, prepare_queries, score_entries
+from .score import confidence_features, decoy_z, margin_floor, prepare_queries, score_entries
 
 
 @dataclass
@@ -245,6 +245,8 @@ def _fit_modes(model: IdentityModel, lib: Library, q: torch.Tensor, truth: np.nd
         fitted = min(n_right, len(correct) - n_right) >= min_each
         if fitted:
             model.calibration[mode] = fit_logistic(f, correct, l2=l2)
+            named = logistic(f, model.calibration[mode]) >= min_confidence
+            model.meta.setdefault("min_margin", {})[mode] = margin_floor(f[:, 2], named, correct)
         r: dict[str, Any] = {"top1_known": float(correct[known].mean()) if known.any() else float("nan"),
                              "seconds": time.perf_counter() - t}
         if min_each:
@@ -253,8 +255,10 @@ def _fit_modes(model: IdentityModel, lib: Library, q: torch.Tensor, truth: np.nd
             conf = logistic(f, model.calibration[mode])
             r["mean_confidence_known"] = float(conf[known].mean()) if known.any() else float("nan")
             r["mean_confidence_unknown"] = float(conf[~known].mean()) if (~known).any() else float("nan")
-            if min_each:  # on the fitting classes themselves: named (>= min_confidence) and wrong
-                r["confidently_wrong"] = float(((conf >= min_confidence) & ~correct).mean())
+            floor = float(model.meta.get("min_margin", {}).get(mode, 0.0))
+            r["min_margin"] = floor
+            if min_each:  # on the fitting classes themselves: named (>= min_confidence, margin >= floor) and wrong
+                r["confidently_wrong"] = float(((conf >= min_confidence) & (f[:, 2] >= floor) & ~correct).mean())
                 if before is not None:
                     r["confidently_wrong_before"] = float(((logistic(f, before) >= min_confidence) & ~correct).mean())
         if mode == "combined":

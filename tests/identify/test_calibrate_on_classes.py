@@ -92,3 +92,39 @@ def test_a_mode_whose_classes_are_all_wrong_keeps_its_calibration(setting):
     assert any("is kept" in s for s in said)
     with pytest.raises(ValueError, match="labels"):
         calibrate_on_classes(model, lib, images, PX, truth[:3], modes=("correlation",), scores=scores)
+
+
+def test_margin_floor_is_the_smallest_margin_that_keeps_named_classes_right():
+    from cryolens.core.identify.score import margin_floor
+
+    margin = np.array([0.30, 0.20, 0.15, 0.10, 0.05, 0.02, 0.01])
+    correct = np.array([1, 1, 1, 1, 0, 1, 0], bool)
+    named = np.ones(7, bool)
+    assert margin_floor(margin, named, correct) == pytest.approx(0.10)  # below it, 1 wrong in 5 named
+    assert margin_floor(margin, named, correct, max_wrong=0.25) == pytest.approx(0.02)
+    assert margin_floor(margin, named & (margin > 0.06), correct) == pytest.approx(0.10)
+    # nothing named is right: the floor sits above every margin seen, so nothing like them is named
+    assert margin_floor(margin, named, np.zeros(7, bool)) > 0.30
+    assert margin_floor(margin, np.zeros(7, bool), correct) == 0.0
+
+
+def test_identify_leaves_a_confident_but_ambiguous_class_unknown(setting):
+    """A class whose best entry barely leads the next is unknown, whatever the logistic says: the
+    margin floor stored with the calibration, and the log says why."""
+    from cryolens.core.identify import identify
+
+    lib, shipped, images, truth, _, _ = setting
+    named_all = {m: [30.0, 0.0, 0.0, 0.0] for m in MODES}  # a calibration that is sure of everything
+    model = IdentityModel(shipped.encoder, named_all, copy.deepcopy(shipped.meta))
+    model.meta["min_margin"] = {}  # no floor fitted: the logistic alone decides
+    free = identify(images, PX, lib, model, mode="correlation").table
+    named = (free["identity"] != "unknown").to_numpy()
+    assert named.sum() >= len(free) // 2 and not free["ambiguous"].any()
+    floor = float(np.median(free["margin"][named]))
+    model.meta["min_margin"] = {"correlation": floor}
+    said = []
+    guarded = identify(images, PX, lib, model, mode="correlation", log=said.append).table
+    low = (guarded["margin"].to_numpy() < floor) & named
+    assert low.any() and (guarded["identity"][low] == "unknown").all() and guarded["ambiguous"][low].all()
+    assert (guarded["identity"][~low] == free["identity"][~low]).all()
+    assert any("left unknown although confident" in s for s in said)
