@@ -41,3 +41,22 @@ def seed_everything(seed: int, rank: int = 0) -> np.random.Generator:
 def is_main_process() -> bool:
     """False in the processes of a ``torchrun`` run other than rank 0 (which alone writes results)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a Slurm allocation)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_threads(asked: int, log=None) -> int:
+    """The thread count to use for ``--j``/``--threads``: at least 1, at most the CPUs available
+    (more only oversubscribes, and torch cannot start 100000 threads); ``log`` gets a note."""
+    cap = available_cpus()
+    threads = min(max(1, int(asked)), cap)
+    if threads != asked and log is not None:
+        log(f"note: {asked} threads asked for, using {threads} (the CPUs available: {cap})")
+    torch.set_num_threads(threads)
+    return threads
