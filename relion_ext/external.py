@@ -12,6 +12,7 @@ Facts and sources: ../shared/research/relion.md (section 0 and A).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import traceback
@@ -21,7 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from cryolens.core.errors import CryolensError, ExitCode, InputError, JobAborted, exit_code
+from cryolens.core import signals
+from cryolens.core.errors import CryolensError, ExitCode, InputError, JobAborted, exit_code, os_error, user_error
 from cryolens.core.jobs import JobContext, JobResult, JobSpec, get_job, load_all, prepare_params, run_job
 from cryolens.core.jobs.flags import add_param_arguments, given_params
 
@@ -171,124 +173,173 @@ def upgrade_optics(inputs: dict[str, Any]) -> dict[str, Any]:
     return inputs
 
 
-def write_outputs(result: JobResult, job_dir: Path, written: list[Path], tables: str = "star") -> list[tuple[str, str]]:
-    """Write every result file atomically, appending each to ``written`` as it lands; return the
-    nodes to declare (path, kind). ``tables``: "star" (RELION), or "csv" (``cryolens run``)."""
+def _file_name(kind: str, name: str, tables: str) -> str:
+    """The file a result goes into: ``<name>.star`` for particle and class sets, ``<name>.<tables>``
+    for a table, ``<name>.pdf`` for a figure, and the selection of a class set."""
+    if kind == "selection":
+        return "backup_selection.star" if name == "class_averages" else f"{name}_selection.star"
+    return f"{name}.{ {'table': tables, 'figure': 'pdf'}.get(kind, 'star') }"
+
+
+def output_files(spec: JobSpec, tables: str = "star") -> list[str]:
+    """The files a run of ``spec`` may write (its declared outputs): what a re-run clears first."""
+    names = [_file_name(o.kind, o.name, tables) for o in spec.outputs]
+    return names + [_file_name("selection", o.name, tables) for o in spec.outputs if o.kind == "classes"]
+
+
+def write_outputs(result: JobResult, out: Path, tables: str = "star") -> list[tuple[str, str]]:
+    """Write every result file atomically into ``out`` (a staging folder); return the nodes to
+    declare (file name, kind). ``tables``: "star" (RELION), or "csv" (``cryolens run``)."""
+    from cryolens.core.atomic import atomic_path
+    from cryolens.core.figures import save_figure
+
     from .class2d import write_backup_selection, write_class_averages
 
     nodes: list[tuple[str, str]] = []
     for name, ps in result.particles.items():
-        path = job_dir / f"{name}.star"
-        write_particles(ps, path)
-        written.append(path)
-        nodes.append((str(path), "particles"))
+        write_particles(ps, out / _file_name("particles", name, tables))
+        nodes.append((_file_name("particles", name, tables), "particles"))
     for name, cs in result.classes.items():
-        path = job_dir / f"{name}.star"
-        write_class_averages(cs, path)
-        written.append(path)
-        nodes.append((str(path), "classes"))
+        write_class_averages(cs, out / _file_name("classes", name, tables))
+        nodes.append((_file_name("classes", name, tables), "classes"))
     for name, sel in result.class_selection.items():
-        path = job_dir / ("backup_selection.star" if name == "class_averages" else f"{name}_selection.star")
-        write_backup_selection(sel, path)
-        written.append(path)
+        write_backup_selection(sel, out / _file_name("selection", name, tables))
     for name, table in result.tables.items():
-        path = job_dir / f"{name}.{tables}"
+        path = out / _file_name("table", name, tables)
         if tables == "csv":
-            from cryolens.core.atomic import atomic_path
-
             with atomic_path(path) as tmp:
                 table.to_csv(tmp, index=False)
         else:
             write_blocks(path, {name: table})
-        written.append(path)
     for name, fig in result.figures.items():
-        from cryolens.core.figures import save_figure
-
-        path = save_figure(fig, job_dir / f"{name}.pdf")
-        written.append(path)
-        nodes.append((str(path), "figure"))
+        save_figure(fig, out / _file_name("figure", name, tables))
+        nodes.append((_file_name("figure", name, tables), "figure"))
     return nodes
 
 
-def _touch(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
+def out_dir_of(argv: list[str]) -> Path | None:
+    """The value of ``--o`` (``--o X`` or ``--o=X``), or None when it is missing or empty."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--o="):
+            return Path(arg[4:]) if arg[4:] else None
+        if arg == "--o" and i + 1 < len(argv) and argv[i + 1] and not argv[i + 1].startswith("--"):
+            return Path(argv[i + 1])
+    return None
+
+
+def mark_exit(job_dir: Path, name: str) -> bool:
+    """Touch the exit file ``name`` RELION waits for. Never raises: a job dir that is a file, not
+    writable or on a full disk gets one line on stderr (RELION then cannot learn the end)."""
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / name).touch()
+        return True
+    except OSError as err:
+        why = os_error(OSError(err.errno, err.strerror or str(err)), job_dir / name)
+        _say(f"cryolens: cannot write the exit file: {why or err}")
+        return False
+
+
+def _say(line: str, stream=None) -> None:
+    """Print one line; a closed or broken stream must not turn a clean end into a crash."""
+    try:
+        print(line, file=stream or sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 # -- the protocol ---------------------------------------------------------------------------
+TRACEBACK_FILE = "cryolens_traceback.txt"
+
+
 def run_external(job_name: str, argv: list[str]) -> int:
     """Run one External job invocation. The exit files tell RELION how it ended; the process exits
-    with the ExitCode table (0 success, 1 failed, 2 bad input, 3 aborted)."""
+    with the ExitCode table (0 success, 1 failed, 2 bad input, 3 aborted, 130/143 SIGINT/SIGTERM:
+    both recorded as RELION_JOB_EXIT_ABORTED, the state of a job stopped from outside)."""
     spec = get_job(job_name)
     try:
         inv = parse(spec, argv)
-    except SystemExit as exc:  # argparse: usage error or --help
-        if exc.code not in (0, None) and "--o" in argv:
-            out = Path(argv[argv.index("--o") + 1])
-            _touch(out / EXIT_FAILURE)
-        return int(exc.code or 0)
+    except SystemExit as exc:  # argparse: usage error (its message is on stderr) or --help
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else ExitCode.BAD_INPUT)
+        out = out_dir_of(argv)
+        if code and out is not None:
+            mark_exit(out, EXIT_FAILURE)
+        return code
+    with signals.raise_on_signals():
+        return _run(spec, inv)
+
+
+def _run(spec: JobSpec, inv: Invocation) -> int:
+    from cryolens.core.atomic import clear_outputs, staged
+
     job_dir = inv.out
-    job_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED, NODES_FILE):
-        (job_dir / stale).unlink(missing_ok=True)
-    debug = inv.args.debug is not None
-    written: list[Path] = []
     t0 = time.monotonic()
     try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED):
+            (job_dir / stale).unlink(missing_ok=True)
+        # an earlier run's outputs in this job dir are not this run's: gone before it starts
+        clear_outputs(job_dir, output_files(spec) + [NODES_FILE, TRACEBACK_FILE],
+                      inputs=[getattr(inv.args, f) for f in INPUT_FLAGS])
         if inv.unknown:
             print(f"cryolens: note: ignoring unknown arguments {' '.join(inv.unknown)}", file=sys.stderr)
         version = inv.args.relion_version or detect_version(job_dir)
-        print(f"cryolens {spec.name}: RELION {version} External job in {job_dir}", flush=True)
-        from cryolens.core.runtime import resolve_device, seed_everything
+        log = lambda s: print(s, flush=True)  # noqa: E731
+        log(f"cryolens {spec.name}: RELION {version} External job in {job_dir}")
         from cryolens.core.progress import Progress
+        from cryolens.core.runtime import cap_threads, resolve_device, seed_everything
 
         device = resolve_device(inv.args.device)
         seed_everything(inv.args.seed)
-        import torch
-
-        torch.set_num_threads(max(1, inv.args.j))
+        threads = cap_threads(inv.args.j, log)
         params = prepare_params(spec, inv.params, device)  # the library or model checked before any input
         inputs = load_inputs(spec, inv.args)
         with Progress(spec.name, stream=sys.stdout, force_plain=True) as prog:
-            ctx = JobContext(out_dir=job_dir, device=device, seed=inv.args.seed, threads=inv.args.j,
-                             progress=prog, should_stop=lambda: (job_dir / ABORT_NOW).exists(),
-                             log=lambda s: print(s, flush=True))
+            ctx = JobContext(out_dir=job_dir, device=device, seed=inv.args.seed, threads=threads,
+                             progress=prog, should_stop=lambda: (job_dir / ABORT_NOW).exists(), log=log)
             ctx.check_abort()
             result = run_job(spec, inputs, params, ctx)
             ctx.check_abort()
-        nodes = write_outputs(result, job_dir, written)
+        with staged(job_dir) as stage:
+            nodes = write_outputs(result, stage.dir)
+            write_output_nodes(stage.dir, [(str(job_dir / name), kind) for name, kind in nodes], version)
+            signals.finishing()  # the outputs move in together: a signal now waits for the end
+            stage.commit()
         for line in result.summary:
-            print(line, flush=True)
-        write_output_nodes(job_dir, nodes, version)
-        print(f"cryolens {spec.name}: done in {time.monotonic() - t0:.1f} s", flush=True)
-        _touch(job_dir / EXIT_SUCCESS)
+            log(line)
+        log(f"cryolens {spec.name}: done in {time.monotonic() - t0:.1f} s")
+        mark_exit(job_dir, EXIT_SUCCESS)
         return ExitCode.SUCCESS
-    except JobAborted as err:
-        _cleanup(written, job_dir)
-        (job_dir / ABORT_NOW).unlink(missing_ok=True)
-        print(f"cryolens {spec.name}: aborted by the user", flush=True)
-        _touch(job_dir / EXIT_ABORTED)
-        return exit_code(err)
-    except Exception as err:  # every failure: one readable line on stderr (run.err), no outputs
-        _cleanup(written, job_dir)
-        if isinstance(err, CryolensError):
-            msg = str(err)
-        else:
-            msg = f"internal error: {type(err).__name__}: {err}"
-            (job_dir / "cryolens_traceback.txt").write_text(traceback.format_exc())
-            msg += f" (traceback in {job_dir / 'cryolens_traceback.txt'})"
-        if debug:
-            traceback.print_exc()
-        print(f"cryolens {spec.name}: ERROR: {msg}", file=sys.stderr, flush=True)
-        _touch(job_dir / EXIT_FAILURE)
-        return exit_code(err)
+    except BaseException as err:  # every end but success: one line, no outputs, an exit file
+        signals.finishing()
+        return _fail(spec, job_dir, err, inv.args.debug is not None)
 
 
-def _cleanup(written: list[Path], job_dir: Path) -> None:
-    """A failed or aborted job declares no outputs and leaves none half-made."""
-    for path in written:
-        path.unlink(missing_ok=True)
-    (job_dir / NODES_FILE).unlink(missing_ok=True)
+def _fail(spec: JobSpec, job_dir: Path, err: BaseException, debug: bool) -> int:
+    """Tell RELION (exit file) and the user (one line) how the run ended; never raises."""
+    if isinstance(err, (JobAborted, KeyboardInterrupt)):
+        with contextlib.suppress(OSError):
+            (job_dir / ABORT_NOW).unlink(missing_ok=True)
+        why = "aborted by the user" if isinstance(err, JobAborted) else f"interrupted ({err})"
+        _say(f"cryolens {spec.name}: {why}")
+        mark_exit(job_dir, EXIT_ABORTED)
+        return exit_code(err)
+    plain = user_error(err)
+    if plain is not None:
+        msg = str(plain)
+    else:
+        msg = f"internal error: {type(err).__name__}: {err}"
+        try:
+            (job_dir / TRACEBACK_FILE).write_text("".join(traceback.format_exception(err)))
+            msg += f" (traceback in {job_dir / TRACEBACK_FILE})"
+        except OSError:
+            pass
+    if debug:
+        with contextlib.suppress(Exception):
+            traceback.print_exception(err)
+    _say(f"cryolens {spec.name}: ERROR: {msg}")
+    mark_exit(job_dir, EXIT_FAILURE)
+    return exit_code(err)
 
 
 def job_from_program_name(prog: str) -> str | None:
@@ -315,9 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_external(job, argv)
     except CryolensError as err:  # unknown job name: still tell the pipeliner, or it waits forever
-        print(f"cryolens: error: {err}", file=sys.stderr)
-        if "--o" in argv and argv.index("--o") + 1 < len(argv):
-            _touch(Path(argv[argv.index("--o") + 1]) / EXIT_FAILURE)
+        _say(f"cryolens: error: {err}")
+        out = out_dir_of(argv)
+        if out is not None:
+            mark_exit(out, EXIT_FAILURE)
         return exit_code(err)
 
 
