@@ -4,7 +4,7 @@ Each command is a module of ``cryolens.commands`` (as in cryoDRGN): its docstrin
 with an example, ``add_args(parser)`` declares its arguments and ``main(args)`` runs it and
 returns the exit status. This file discovers the modules, adds the options every command takes
 (--device, --seed, --debug) and turns errors into one line and an ExitCode
-(``cryolens.core.errors``: 0 success, 1 failed, 2 bad input or usage, 3 aborted, 130 interrupted).
+(``cryolens.core.errors``: 0 success, 1 failed, 2 bad input or usage, 3 aborted, 130/143 SIGINT/SIGTERM).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import traceback
 from types import ModuleType
 
 from cryolens import __version__
-from cryolens.core.errors import CryolensError, ExitCode, exit_code
+from cryolens.core.errors import ExitCode, exit_code, user_error
 
 
 def commands() -> dict[str, ModuleType]:
@@ -75,31 +75,34 @@ def main(argv: list[str] | None = None) -> int:
         import warnings
 
         warnings.showwarning = _warning_line  # one line, no source excerpt
-    try:
-        from cryolens.core.jobs.flags import check_options
-        from cryolens.core.runtime import resolve_device, seed_everything
+    from cryolens.core import signals
 
-        check_options(args)  # every declared range, before the command does any work
-        args.device = resolve_device(args.device)
-        seed_everything(args.seed)
-        return int(args.func(args))
+    try:
+        with signals.raise_on_signals():  # Ctrl-C / SIGTERM: the command cleans up, then one line here
+            from cryolens.core.jobs.flags import check_options
+            from cryolens.core.runtime import resolve_device, seed_everything
+
+            check_options(args)  # every declared range, before the command does any work
+            args.device = resolve_device(args.device)
+            seed_everything(args.seed)
+            return int(args.func(args))
     except (Exception, KeyboardInterrupt) as err:
         code = exit_code(err)
+        plain = user_error(err)
         if code == ExitCode.ABORTED:
             print("cryolens: aborted", file=sys.stderr)
-        elif code == ExitCode.INTERRUPTED:
-            print("cryolens: interrupted", file=sys.stderr)
+        elif isinstance(err, KeyboardInterrupt):
+            print(f"cryolens: interrupted ({err or 'SIGINT'})", file=sys.stderr)
         elif args.debug:
             traceback.print_exc()
-            if isinstance(err, CryolensError):
-                print(f"cryolens: error: {err}", file=sys.stderr)
-        elif isinstance(err, CryolensError):
-            print(f"cryolens: error: {err}", file=sys.stderr)
+            if plain is not None:
+                print(f"cryolens: error: {plain}", file=sys.stderr)
+        elif plain is not None:
+            print(f"cryolens: error: {plain}", file=sys.stderr)
         else:  # a bug: still one line unless --debug
             print(f"cryolens: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)",
                   file=sys.stderr)
         return code
-
 
 if __name__ == "__main__":
     sys.exit(main())

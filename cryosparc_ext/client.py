@@ -53,7 +53,7 @@ def describe_error(err: BaseException) -> str:
         detail = data.get("detail") or str(err).split("\n")[0]
         return f"CryoSPARC refused a request (HTTP {err.code}): {detail}"
     if isinstance(err, KeyboardInterrupt):
-        return "interrupted (Ctrl-C or a signal) before the job finished"
+        return f"interrupted ({err or 'SIGINT'}) before the job finished"
     text = " ".join(str(err).split())  # one line, whatever the library put in it
     return f"internal error: {type(err).__name__}: {text[:400]}"
 

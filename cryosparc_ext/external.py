@@ -19,6 +19,7 @@ is re-emitted (an output needs one slot). Scores: see offline.py and docs/cryosp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -31,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from cryolens.core.errors import CryolensError, ExitCode, JobAborted, exit_code
+from cryolens.core import signals
+from cryolens.core.errors import CryolensError, ExitCode, Interrupted, JobAborted, exit_code, user_error
 from cryolens.core.jobs import JobContext, JobSpec, get_job, load_all, prepare_params, run_job
 from cryolens.core.jobs.flags import add_param_arguments, describe_job, given_params
 
@@ -280,18 +282,24 @@ def run_online(spec: JobSpec, args, params: dict[str, Any], device, title: str, 
     try:
         for kind, (src_job, src_out) in refs.items():
             job.connect_input(kind, INPUTS[kind][0], INPUTS[kind][1], src_job, src_out, title=kind)
-    except Exception as err:
-        job.fail(describe_error(err))
+    except BaseException as err:  # a signal too: the job is marked failed, never left building
+        signals.finishing()
+        with contextlib.suppress(Exception):
+            job.fail(describe_error(err))
+        if isinstance(err, KeyboardInterrupt):
+            raise
         raise CryolensError(describe_error(err)) from None
     with tempfile.TemporaryDirectory(prefix="cryolens-cryosparc-") as tmp:
         work = Path(args.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         try:
-            with job.running():
+            with job.running():  # any end but success, a signal included, marks the job failed
                 _run_body(spec, job, session, args, refs, params, device, work)
         except JobFailed as err:
+            signals.finishing()
             print(f"cryolens {spec.name}: job {args.project}-{job.uid} failed: {err}", file=sys.stderr, flush=True)
-            return ExitCode.FAILED
+            sig = signals.received()
+            return exit_code(Interrupted(sig)) if sig is not None else ExitCode.FAILED
     print(f"cryolens {spec.name}: job {args.project}-{job.uid} completed", flush=True)
     return ExitCode.SUCCESS
 
@@ -329,7 +337,8 @@ def _run_body(spec, job, session, args, refs, params, device, work: Path) -> Non
 # -- entry point ------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """``cryolens-cryosparc <job> ...``; exit status from the ExitCode table: 0 success, 1 the job
-    failed (online: CryoSPARC marked it failed), 2 bad input, usage or connection, 3 aborted."""
+    failed (online: CryoSPARC marked it failed), 2 bad input, usage or connection, 3 aborted,
+    130/143 SIGINT/SIGTERM (online: the job is marked failed first)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("--list", "-l"):
         if not argv:
@@ -350,24 +359,27 @@ def main(argv: list[str] | None = None) -> int:
     title = args.title or default_title(spec, params)
     command = "cryolens-cryosparc " + shlex.join(argv)
     try:
-        from cryolens.core.runtime import resolve_device, seed_everything
+        with signals.raise_on_signals():
+            from cryolens.core.runtime import cap_threads, resolve_device, seed_everything
 
-        device = resolve_device(args.device)
-        seed_everything(args.seed)
-        import torch
+            device = resolve_device(args.device)
+            seed_everything(args.seed)
+            args.threads = cap_threads(args.threads, lambda s: print(s, file=sys.stderr))
+            if args.offline:
+                from .offline import run_offline
 
-        torch.set_num_threads(max(1, args.threads))
-        if args.offline:
-            from .offline import run_offline
-
-            if not args.out:
-                raise CryolensError("--offline needs --out DIR")
-            return run_offline(spec, args, params, device, title, command)
-        return run_online(spec, args, params, device, title, command)
-    except CryolensError as err:
+                if not args.out:
+                    raise CryolensError("--offline needs --out DIR")
+                return run_offline(spec, args, params, device, title, command)
+            return run_online(spec, args, params, device, title, command)
+    except (Exception, KeyboardInterrupt) as err:
+        plain = user_error(err)
         if args.debug:
             traceback.print_exc()
-        print(f"cryolens-cryosparc {spec.name}: error: {err}", file=sys.stderr)
+        what = f"interrupted ({err or 'SIGINT'})" if isinstance(err, KeyboardInterrupt) else \
+            f"error: {plain}" if plain is not None else \
+            f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)"
+        print(f"cryolens-cryosparc {spec.name}: {what}", file=sys.stderr)
         return exit_code(err)
 
 

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cryolens.core.atomic import atomic_path, atomic_write_text
-from cryolens.core.errors import CryolensError, ExitCode, exit_code
+from cryolens.core import signals
+from cryolens.core.atomic import atomic_path, atomic_write_text, clear_outputs, staged
+from cryolens.core.errors import ExitCode, exit_code, user_error
 from cryolens.core.jobs import JobContext, JobResult, JobSpec, prepare_params, run_job
 from cryolens.core.particles import FIELDS, ClassSet, ParticleSet
 
@@ -221,9 +222,10 @@ def write_csg(cs_path: Path, name: str, kind: str, title: str, description: str)
     return path
 
 
-def link_stacks(obj: ParticleSet | ClassSet, out_dir: Path) -> list[str]:
+def link_stacks(obj: ParticleSet | ClassSet, out_dir: Path, final: Path | None = None) -> list[str]:
     """For '>' paths (relative to the group file, as in exports) make the referenced stacks exist
-    under ``out_dir`` (symlinks); returns the stacks that could not be found."""
+    under ``out_dir`` (symlinks; none where ``final``, the folder ``out_dir`` is moved into, has
+    the stack); returns the stacks that could not be found."""
     cs = obj.meta.get("cryosparc") or {}
     table = obj.table
     if cs.get("blob_path_prefix") != ">" or "image_stack" not in table:
@@ -232,7 +234,8 @@ def link_stacks(obj: ParticleSet | ClassSet, out_dir: Path) -> list[str]:
     missing = []
     for stack in pd.unique(table["image_stack"].astype(str)):
         src, dst = root / stack, out_dir / stack
-        if dst.exists() or dst.is_symlink():
+        there = (final or out_dir) / stack
+        if dst.exists() or dst.is_symlink() or (there.exists() and not there.is_symlink()):
             continue
         if not src.exists():
             missing.append(stack)
@@ -267,32 +270,43 @@ def load_inputs(spec: JobSpec, args) -> dict[str, Any]:
     return inputs
 
 
+def output_files(spec: JobSpec) -> list[str]:
+    """The files an offline run of ``spec`` may write (its declared outputs): what a re-run clears."""
+    names = []
+    for o in spec.outputs:
+        oname = output_name(o.name)
+        if o.kind in ("particles", "classes"):
+            names += [f"{oname}.cs", f"{oname}.csg", f"cryolens_scores_{oname}.csv", f"cryolens_classes_{oname}.csv"]
+        elif o.kind == "table":
+            names.append(f"cryolens_{oname}.csv")
+        elif o.kind == "figure":
+            names.append(f"cryolens_{oname}.pdf")
+    return names
+
+
 def write_offline(result: JobResult, inputs: dict[str, Any], out: Path, score_slot: str, title: str,
-                  command: str) -> Results:
-    """What an offline run leaves in ``out`` for Import Result Group: ``write_results``, a .csg
-    per output, links to the image stacks the outputs name, and the figures as PDF."""
+                  command: str, final: Path | None = None) -> Results:
+    """What an offline run leaves in ``out`` (a staging folder that becomes ``final``) for Import
+    Result Group: ``write_results``, a .csg per output, links to the image stacks the outputs
+    name, and the figures as PDF."""
+    final = out if final is None else final
     res = write_results(result, inputs, out, score_slot)
-    try:
-        missing: set[str] = set()
-        for w in res.outputs:
-            res.files.append(write_csg(w.path, w.name, w.kind, f"{title}: {w.name}", command))
-            missing.update(link_stacks(w.obj, out))
-        res.summary += [f"  warning: {s} not found: put it at {out / s} before importing" for s in sorted(missing)]
-        for name, fig in res.figures.items():
-            path = out / f"cryolens_{output_name(name)}.pdf"
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format="pdf")
-            res.files.append(path)
-    except BaseException:
-        for path in res.files:
-            path.unlink(missing_ok=True)
-        raise
+    missing: set[str] = set()
+    for w in res.outputs:
+        res.files.append(write_csg(w.path, w.name, w.kind, f"{title}: {w.name}", command))
+        missing.update(link_stacks(w.obj, out, final))
+    res.summary += [f"  warning: {s} not found: put it at {final / s} before importing" for s in sorted(missing)]
+    for name, fig in res.figures.items():
+        path = out / f"cryolens_{output_name(name)}.pdf"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="pdf")
+        res.files.append(path)
     return res
 
 
 def run_offline(spec: JobSpec, args, params: dict[str, Any], device, title: str, command: str) -> int:
     """Run ``spec`` on files, write results + .csg into ``args.out``; the exit status of the
-    ExitCode table (0 ok, 1 failed, 2 bad input, 3 aborted, 130 interrupted)."""
+    ExitCode table (0 ok, 1 failed, 2 bad input, 3 aborted, 130/143 SIGINT/SIGTERM)."""
     from cryolens.core.progress import Progress
 
     out = Path(args.out)
@@ -300,28 +314,38 @@ def run_offline(spec: JobSpec, args, params: dict[str, Any], device, title: str,
     try:
         params = prepare_params(spec, params, device)  # the library or model checked before any input
         inputs = load_inputs(spec, args)
+        # an earlier run's outputs in --out are not this run's: gone before it starts (only those)
+        clear_outputs(out, output_files(spec), inputs=[getattr(args, k, None) for k in ("particles", "classes_in",
+                                                                                       "volume", "mask")])
         with Progress(spec.name) as prog:
             ctx = JobContext(out_dir=out, device=device, seed=args.seed, threads=args.threads, progress=prog,
                              log=lambda s: print(s, flush=True))
             result = run_job(spec, inputs, params, ctx)
-        res = write_offline(result, inputs, out, args.score_slot, title, command)
+        with staged(out) as stage:  # written together or not at all (an error, a signal)
+            res = write_offline(result, inputs, stage.dir, args.score_slot, title, command, final=out)
+            signals.finishing()
+            stage.commit()
     except (Exception, KeyboardInterrupt) as err:
+        signals.finishing()
         code = exit_code(err)
-        if code in (ExitCode.ABORTED, ExitCode.INTERRUPTED):
-            print(f"cryolens-cryosparc {spec.name}: aborted", file=sys.stderr)
+        if code == ExitCode.ABORTED or isinstance(err, KeyboardInterrupt):
+            print(f"cryolens-cryosparc {spec.name}: " + ("aborted" if code == ExitCode.ABORTED else
+                                                         f"interrupted ({err or 'SIGINT'})"), file=sys.stderr)
             return code
         if args.debug:
             import traceback
 
             traceback.print_exc()
-        msg = str(err) if isinstance(err, CryolensError) else \
+        plain = user_error(err)
+        msg = str(plain) if plain is not None else \
             f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)"
         print(f"cryolens-cryosparc {spec.name}: ERROR: {msg}", file=sys.stderr)
         return code
     for line in result.summary + res.summary:
         print(line)
     for w in res.outputs:
-        print(f"wrote {w.path} and {w.path.with_suffix('.csg')} ({w.count} {w.kind}s)")
+        path = out / w.path.name
+        print(f"wrote {path} and {path.with_suffix('.csg')} ({w.count} {w.kind}s)")
     print(f"cryolens {spec.name}: done in {time.monotonic() - t0:.1f} s; import the .csg files with "
           "CryoSPARC's Import Result Group job")
     return ExitCode.SUCCESS

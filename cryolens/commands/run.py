@@ -78,34 +78,50 @@ def load_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cryolens.core import signals
+    from cryolens.core.atomic import clear_outputs, staged
     from cryolens.core.progress import Progress
 
     spec = get_job(args.job)
     params = prepare_params(spec, given_params(args), args.device)  # the library or model checked first
     inputs, fmt = load_inputs(args)
     out = Path(args.out)
+    fmt = args.format or fmt
+    # an earlier run's outputs in --out are not this run's: gone before it starts (only those)
+    clear_outputs(out, output_files(spec, fmt), inputs=[getattr(args, k, None) for k in INPUT_ARGS])
     with Progress(spec.name) as prog:
         result = run_job(spec, inputs, params, JobContext(out_dir=out, device=args.device, seed=args.seed,
                                                           progress=prog))
-    if (args.format or fmt) == "cryosparc":
-        from cryolens.cryosparc_ext.offline import write_offline
+    with staged(out) as stage:  # written together or not at all (an error, Ctrl-C)
+        if fmt == "cryosparc":
+            from cryolens.cryosparc_ext.offline import write_offline
 
-        command = "cryolens " + shlex.join(getattr(args, "argv", []))
-        res = write_offline(result, inputs, out, "pick_stats", f"cryolens {spec.name}", command)
-        summary, written = result.summary + res.summary, res.files
-    else:
-        from cryolens.relion_ext.external import write_outputs
+            command = "cryolens " + shlex.join(getattr(args, "argv", []))
+            res = write_offline(result, inputs, stage.dir, "pick_stats", f"cryolens {spec.name}", command)
+            summary = result.summary + res.summary
+        else:
+            from cryolens.relion_ext.external import write_outputs
 
-        written = []
-        try:
-            write_outputs(result, out, written, tables="csv")
-        except BaseException:
-            for path in written:
-                path.unlink(missing_ok=True)
-            raise
-        summary = result.summary
+            write_outputs(result, stage.dir, tables="csv")
+            summary = result.summary
+        signals.finishing()
+        written = stage.commit()
     for line in summary:
         print(line)
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+INPUT_ARGS = ("particles", "classes_in", "class_particles", "volume", "mask")
+
+
+def output_files(spec: JobSpec, fmt: str) -> list[str]:
+    """The files a run of ``spec`` may write into --out in format ``fmt`` (what a re-run clears)."""
+    if fmt == "cryosparc":
+        from cryolens.cryosparc_ext.offline import output_files as cryosparc_files
+
+        return cryosparc_files(spec)
+    from cryolens.relion_ext.external import output_files as relion_files
+
+    return relion_files(spec, tables="csv")
