@@ -9,10 +9,12 @@ Batched in torch, chunked over references so large libraries fit in memory, CPU 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
+from .errors import JobAborted
 from .images import normalize_in_mask, soft_circular_mask
 
 
@@ -62,7 +64,7 @@ def _spectral_support(b: int, max_freq: float, device) -> tuple[torch.Tensor, to
 
 def ncc_search(queries: torch.Tensor, refs: torch.Tensor, n_psi: int = 36, max_shift_px: int = 4,
                mask_radius_px: float | None = None, ref_chunk: int = 64, max_freq: float = 0.5,
-               need: torch.Tensor | None = None) -> Match:
+               need: torch.Tensor | None = None, should_stop: Callable[[], bool] | None = None) -> Match:
     """Best normalised cross-correlation of every query against every reference (module doc).
 
     The correlation at the (2s+1)^2 shifts of the window is evaluated directly from the Fourier
@@ -73,6 +75,8 @@ def ncc_search(queries: torch.Tensor, refs: torch.Tensor, n_psi: int = 36, max_s
     ``need`` (Q, R) bool: only these pairs are wanted (e.g. each query's shortlist); a reference
     chunk is searched only for the queries that need one of its references, and unwanted pairs
     score -inf. The work then scales with the wanted pairs, in one batched pass.
+    ``should_stop`` is asked before each reference chunk (JobAborted when it says stop), so a
+    large library stays abortable within a chunk's time.
     """
     queries = torch.as_tensor(queries, dtype=torch.float32)
     refs = torch.as_tensor(refs, dtype=torch.float32, device=queries.device)
@@ -102,6 +106,8 @@ def ncc_search(queries: torch.Tensor, refs: torch.Tensor, n_psi: int = 36, max_s
     best_k = torch.zeros((Q, len(refs)), dtype=torch.long)
     best_w = torch.zeros((Q, len(refs)), dtype=torch.long)
     for start in range(0, len(refs), ref_chunk):
+        if should_stop is not None and should_stop():
+            raise JobAborted()
         sl = slice(start, min(start + ref_chunk, len(refs)))
         rows = torch.arange(Q) if need is None else torch.nonzero(need[:, sl].any(1)).squeeze(1)
         if len(rows) == 0:

@@ -17,13 +17,16 @@ from .model import IdentityModel, embed_decoys, embed_library
 N_DECOYS, DECOY_SEED, DECOY_VIEWS = 16, 90_210_417, 48
 
 
-def build_decoys(library: Library) -> Decoys:
+def build_decoys(library: Library, should_stop: Callable[[], bool] | None = None) -> Decoys:
     """The fixed decoy proteins rendered like ``library``'s references (its box, pixel size and
-    resolution; ``DECOY_VIEWS`` views each, on the CPU)."""
-    from ..simulate.proteins import phantom_library
+    resolution; ``DECOY_VIEWS`` views each, on the CPU); ``should_stop`` is asked per protein."""
+    from ..errors import JobAborted
+    from ..simulate.proteins import iter_phantoms
 
     lib = Library(library.box, library.pixel_size, library.resolution_A, DECOY_VIEWS)
-    for ph in phantom_library(N_DECOYS, seed=DECOY_SEED, box=library.box, pixel_size=library.pixel_size):
+    for ph in iter_phantoms(N_DECOYS, seed=DECOY_SEED, box=library.box, pixel_size=library.pixel_size):
+        if should_stop is not None and should_stop():
+            raise JobAborted()
         lib.add_volume(ph.density, ph.name, source="decoy")
     return Decoys(lib.references, DECOY_VIEWS, lib.entries["name"].astype(str).tolist())
 
@@ -40,7 +43,7 @@ def prepare_library(library: Library, model: IdentityModel | None, path: str | o
     if library.decoys is None:
         if log:
             log(f"rendering the {N_DECOYS} decoy proteins at the library's sampling (once per library)")
-        library.decoys = build_decoys(library)
+        library.decoys = build_decoys(library, should_stop)
         changed = True
     if model is not None and library.references is not None:
         before = (library.embedding_model, _count(library.embeddings), library.decoys.embedding_model)

@@ -77,14 +77,10 @@ def _ncc_groups(q: torch.Tensor, refs: np.ndarray, groups: np.ndarray, n: int, l
     groups_t = torch.from_numpy(np.array(groups, np.int64))
     best, arg, psi, full = [], [], [], []
     for start in range(0, len(q), block):
-        if should_stop is not None and should_stop():
-            from ..errors import JobAborted
-
-            raise JobAborted()
         sl = slice(start, start + block)
         m = ncc_search(q[sl], refs_t, n_psi=n_psi, max_shift_px=max(2, int(round(0.05 * library.box))),
                        max_freq=min(0.5, library.pixel_size / library.resolution_A),
-                       need=None if need is None else torch.from_numpy(need[sl]))
+                       need=None if need is None else torch.from_numpy(need[sl]), should_stop=should_stop)
         if keep is not None:
             full.append(m.score)
         b, a = (t.numpy() for t in group_max(torch.from_numpy(np.ascontiguousarray(m.score, np.float32)), groups_t, n))
@@ -140,7 +136,7 @@ def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined
     kept: list = []
     s, arg, psi = _ncc_groups(queries, refs, ent, E, library, n_psi, kept if keep_refs else None, need, should_stop)
     full = kept[0] if keep_refs else None
-    d = _ncc_groups(queries, decoys.references, dent, len(decoys), library, n_psi)[0]
+    d = _ncc_groups(queries, decoys.references, dent, len(decoys), library, n_psi, should_stop=should_stop)[0]
     return EntryScores(s, arg, psi, d, full)
 
 

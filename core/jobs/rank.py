@@ -39,7 +39,7 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
     ctx.report(0, 1)
     ctx.check_abort()
     t0 = time.perf_counter()
-    sc = model.score(cs, device=ctx.device)
+    sc = model.score(cs, device=ctx.device, should_stop=ctx.should_stop)
     seconds = time.perf_counter() - t0
     ctx.check_abort()
     prob, counts = sc.probability, class_counts(cs)

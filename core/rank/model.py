@@ -174,7 +174,8 @@ class RankModel:
     robust: RobustHead | None = None
 
     # -- evidence and scores
-    def image_evidence(self, images, batch: int = 256, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    def image_evidence(self, images, batch: int = 256, device="cpu",
+                       should_stop=None) -> tuple[np.ndarray, np.ndarray]:
         """(CNN logits (K,), embeddings (K, D)) of class averages (K, b, b)."""
         from ..images import fourier_resize
 
@@ -185,17 +186,18 @@ class RankModel:
         self.image.eval()
         self.image.to(device)
         logits, embs = run_batched(self.image, x, self.image.logit_and_embed, batch, device,
-                                   prepare=lambda xb: fourier_resize(xb, size) if xb.shape[-1] != size else xb)
+                                   prepare=lambda xb: fourier_resize(xb, size) if xb.shape[-1] != size else xb,
+                                   should_stop=should_stop)
         return logits.double().numpy(), embs.double().numpy()
 
-    def evidence(self, cs: ClassSet, stats: bool = True, device="cpu") -> np.ndarray:
+    def evidence(self, cs: ClassSet, stats: bool = True, device="cpu", should_stop=None) -> np.ndarray:
         """(K, len(EVIDENCE)) raw evidence; NaN where missing. ``stats=False`` hides the statistics."""
         if cs.images is None:
             raise InputError("ranking needs the class average images (the stack was not found or not read)",
                              cs.source)
         st = stat_features(cs) if stats else np.full((len(cs), N_STAT), np.nan)
         img = image_features(cs.images)
-        logit, emb = self.image_evidence(cs.images, device=device)
+        logit, emb = self.image_evidence(cs.images, device=device, should_stop=should_stop)
         iso = isolation_features(emb)
         return np.concatenate([st, img, iso, logit[:, None]], 1)
 
@@ -206,10 +208,11 @@ class RankModel:
         x = torch.as_tensor(evidence, dtype=torch.float32, device=device)
         return self.combiner(x).double().cpu().numpy() if len(x) else np.zeros(0)
 
-    def score(self, cs: ClassSet, device="cpu") -> Scores:
-        """Calibrated probabilities that each class is good (ClassSet order)."""
+    def score(self, cs: ClassSet, device="cpu", should_stop=None) -> Scores:
+        """Calibrated probabilities that each class is good (ClassSet order); ``should_stop`` is
+        polled between image batches."""
         t0 = time.perf_counter()
-        ev = self.evidence(cs, device=device)
+        ev = self.evidence(cs, device=device, should_stop=should_stop)
         mode = "stats" if np.isfinite(ev[:, :N_STAT]).any() else "image"
         if self.robust is not None and mode == "stats":
             sc = self._robust_score(cs, ev, device)

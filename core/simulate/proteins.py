@@ -34,7 +34,7 @@ source), :func:`phantom_library` (n distinct phantoms from one seed), the builde
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -1246,6 +1246,12 @@ def phantom_library(n: int, seed: int = 0, box: int = 64, pixel_size: float = 3.
     appears in proportion, shuffled) and each phantom has its own seed from
     ``SeedSequence(seed)``, recorded in its provenance so it can be rebuilt alone with
     ``random_phantom(phantom.provenance['seed'], box, pixel_size, kind=phantom.kind)``."""
+    return list(iter_phantoms(n, seed, box, pixel_size, kinds, resolution))
+
+
+def iter_phantoms(n: int, seed: int = 0, box: int = 64, pixel_size: float = 3.0,
+                  kinds: Sequence[str] | None = None, resolution: float | None = None) -> Iterator[Phantom]:
+    """``phantom_library``'s phantoms one at a time (a caller can stop between two)."""
     kinds = list(kinds or KINDS)
     p = np.array([_KIND_P.get(k, 1.0) for k in kinds])
     counts = np.floor(p / p.sum() * n).astype(int)
@@ -1255,5 +1261,5 @@ def phantom_library(n: int, seed: int = 0, box: int = 64, pixel_size: float = 3.
     rng = np.random.default_rng(seed)
     plan = rng.permutation(np.repeat(np.arange(len(kinds)), counts))
     seeds = np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32)
-    return [random_phantom(int(s), box, pixel_size, kind=kinds[k], resolution=resolution)
-            for s, k in zip(seeds, plan)]
+    for s, k in zip(seeds, plan):
+        yield random_phantom(int(s), box, pixel_size, kind=kinds[k], resolution=resolution)
