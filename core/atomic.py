@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CryolensError, os_error
+from .errors import CryolensError, os_error, user_error
 
 
 @contextlib.contextmanager
@@ -133,10 +133,10 @@ def staged(dest: str | os.PathLike) -> Iterator[Staging]:
     stage = Staging(dest)
     try:
         yield stage
-    except CryolensError as err:  # name the file where it was going, not its staged copy
-        if err.path is not None and Path(err.path).is_relative_to(stage.dir):
-            err.path = os.fspath(stage.final(err.path))
-            err.args = (str(err),)
+    except (CryolensError, OSError) as err:  # name the file where it was going, not its staged copy
+        plain = user_error(err)
+        if plain is not None and plain.path is not None and Path(plain.path).is_relative_to(stage.dir):
+            raise type(plain)(plain.message, stage.final(plain.path)) from err
         raise
     finally:
         stage.discard()
@@ -150,7 +150,8 @@ def clear_outputs(dest: str | os.PathLike, names, inputs=()) -> list[Path]:
     dest = Path(dest)
     if not dest.is_dir():
         return []
-    owned = dict.fromkeys(Path(n) for n in names)
+    declared = {Path(n) for n in names}
+    owned = dict.fromkeys(declared)
     with contextlib.suppress(OSError, UnicodeDecodeError):
         owned.update(dict.fromkeys(Path(line) for line in (dest / MANIFEST).read_text().splitlines() if line))
     owned = [rel for rel in owned if not rel.is_absolute() and ".." not in rel.parts]
@@ -163,7 +164,7 @@ def clear_outputs(dest: str | os.PathLike, names, inputs=()) -> list[Path]:
                 raise CryolensError("an input is in the output folder under the name of an output: "
                                     "write the results elsewhere", path)
             present.append(path)
-        elif path.is_dir() and rel in names:
+        elif path.is_dir() and rel in declared:
             raise CryolensError("is a directory: cannot put the job's output there", path)
     for path in present:
         path.unlink(missing_ok=True)
