@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..artifacts import RANK_MODEL, load_torch, save_torch
 from ..calibration import apply_calibration
-from ..errors import InputError
+from ..errors import InputError, JobAborted
 from ..nn.embed import run_batched
 from ..particles import ClassSet
 from .features import (IMAGE_FEATURES, ISOLATION_FEATURES, STAT_FEATURES, class_counts, image_features,
@@ -165,6 +165,15 @@ def domain_evidence(evidence: np.ndarray, rule_feats: np.ndarray) -> np.ndarray:
 DOMAIN_NAMES = list(EVIDENCE[N_STAT:]) + list(RULE_FEATURES)
 
 
+FEATURE_CHUNK = 256  # classes per image-feature pass: the features are per class, an abort waits < 1 s
+
+
+def _features(images, should_stop) -> np.ndarray:
+    if should_stop is not None and should_stop():
+        raise JobAborted()
+    return image_features(images)
+
+
 @dataclass
 class RankModel:
     image: ImageScorer
@@ -174,9 +183,10 @@ class RankModel:
     robust: RobustHead | None = None
 
     # -- evidence and scores
-    def image_evidence(self, images, batch: int = 256, device="cpu",
+    def image_evidence(self, images, batch: int = 64, device="cpu",
                        should_stop=None) -> tuple[np.ndarray, np.ndarray]:
-        """(CNN logits (K,), embeddings (K, D)) of class averages (K, b, b)."""
+        """(CNN logits (K,), embeddings (K, D)) of class averages (K, b, b). Batches of 64 keep
+        an abort (``should_stop``, polled per batch) under a second on two CPU cores."""
         from ..images import fourier_resize
 
         x = torch.nan_to_num(torch.as_tensor(np.asarray(images), dtype=torch.float32))
@@ -196,7 +206,8 @@ class RankModel:
             raise InputError("ranking needs the class average images (the stack was not found or not read)",
                              cs.source)
         st = stat_features(cs) if stats else np.full((len(cs), N_STAT), np.nan)
-        img = image_features(cs.images)
+        img = np.concatenate([_features(cs.images[i:i + FEATURE_CHUNK], should_stop)
+                              for i in range(0, len(cs.images), FEATURE_CHUNK)] or [image_features(cs.images)])
         logit, emb = self.image_evidence(cs.images, device=device, should_stop=should_stop)
         iso = isolation_features(emb)
         return np.concatenate([st, img, iso, logit[:, None]], 1)
