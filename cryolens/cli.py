@@ -68,17 +68,21 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv  # recorded in trained models: the command that made them
-    if not args.debug:
-        import warnings
-
-        warnings.showwarning = _warning_line  # one line, no source excerpt
     from cryolens.core import signals
 
-    try:
-        with signals.raise_on_signals():  # Ctrl-C / SIGTERM: the command cleans up, then one line here
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = False
+    # from the first line: a Ctrl-C / SIGTERM while the commands load is one line too; in a
+    # command, the command cleans up on the way out
+    with signals.raise_on_signals():
+        try:
+            args = build_parser().parse_args(argv)
+            args.argv = argv  # recorded in trained models: the command that made them
+            debug = args.debug
+            if not debug:
+                import warnings
+
+                warnings.showwarning = _warning_line  # one line, no source excerpt
             from cryolens.core.jobs.flags import check_options
             from cryolens.core.runtime import resolve_device, seed_everything
 
@@ -86,23 +90,30 @@ def main(argv: list[str] | None = None) -> int:
             args.device = resolve_device(args.device)
             seed_everything(args.seed)
             return int(args.func(args))
-    except (Exception, KeyboardInterrupt) as err:
-        code = exit_code(err)
-        plain = user_error(err)
-        if code == ExitCode.ABORTED:
-            print("cryolens: aborted", file=sys.stderr)
-        elif isinstance(err, KeyboardInterrupt):
-            print(f"cryolens: interrupted ({err or 'SIGINT'})", file=sys.stderr)
-        elif args.debug:
-            traceback.print_exc()
-            if plain is not None:
-                print(f"cryolens: error: {plain}", file=sys.stderr)
-        elif plain is not None:
+        except (Exception, KeyboardInterrupt) as err:
+            signals.finishing()
+            return _report(err, debug)
+
+
+def _report(err: BaseException, debug: bool) -> int:
+    """One line on stderr for whatever ended a command; its exit status."""
+    code = exit_code(err)
+    plain = user_error(err)
+    if code == ExitCode.ABORTED:
+        print("cryolens: aborted", file=sys.stderr)
+    elif isinstance(err, KeyboardInterrupt):
+        print(f"cryolens: interrupted ({err or 'SIGINT'})", file=sys.stderr)
+    elif debug:
+        traceback.print_exc()
+        if plain is not None:
             print(f"cryolens: error: {plain}", file=sys.stderr)
-        else:  # a bug: still one line unless --debug
-            print(f"cryolens: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)",
-                  file=sys.stderr)
-        return code
+    elif plain is not None:
+        print(f"cryolens: error: {plain}", file=sys.stderr)
+    else:  # a bug: still one line unless --debug
+        print(f"cryolens: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)",
+              file=sys.stderr)
+    return code
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,16 +18,15 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+# only the standard library and the signal handling at import: `main` catches a signal from its
+# first line, and torch, pandas and starfile take seconds to load (imported where used)
 from cryolens.core import signals
 from cryolens.core.errors import CryolensError, ExitCode, InputError, JobAborted, exit_code, os_error, user_error
-from cryolens.core.jobs import JobContext, JobResult, JobSpec, get_job, load_all, prepare_params, run_job
-from cryolens.core.jobs.flags import add_param_arguments, given_params
 
-from .star import header_version, read_blocks, write_blocks, write_particles
+if TYPE_CHECKING:
+    from cryolens.core.jobs import JobResult, JobSpec
 
 EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED = ("RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE",
                                             "RELION_JOB_EXIT_ABORTED")
@@ -48,6 +47,8 @@ NODE_TYPES = {
 def detect_version(job_dir: Path, project_dir: Path = Path(".")) -> str:
     """'3.1', '4.0' or '5.0': from the job's own job.star (written by RELION before it runs
     us), else from default_pipeline.star; '5.0' when neither says."""
+    from .star import header_version, read_blocks
+
     job_star = job_dir / "job.star"
     if job_star.is_file():
         try:
@@ -73,6 +74,10 @@ def detect_version(job_dir: Path, project_dir: Path = Path(".")) -> str:
 
 def write_output_nodes(job_dir: Path, nodes: list[tuple[str, str]], version: str) -> None:
     """RELION_OUTPUT_NODES.star with both the 3.1 integer type and the 4.0/5.0 label."""
+    import pandas as pd
+
+    from .star import write_blocks
+
     label_col = 2 if version == "5.0" else 1
     table = pd.DataFrame({
         "rlnPipeLineNodeName": [name for name, _ in nodes],
@@ -84,6 +89,8 @@ def write_output_nodes(job_dir: Path, nodes: list[tuple[str, str]], version: str
 
 # -- command line ---------------------------------------------------------------------------
 def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
+    from cryolens.core.jobs.flags import add_param_arguments
+
     p = argparse.ArgumentParser(prog=f"cryolens-relion-{spec.name}", description=spec.summary,
                                 allow_abbrev=False)
     p.add_argument("--o", required=True, help="output directory (External/jobNNN/)")
@@ -110,6 +117,8 @@ class Invocation:
 
 
 def parse(spec: JobSpec, argv: list[str]) -> Invocation:
+    from cryolens.core.jobs.flags import given_params
+
     args, unknown = build_parser(spec).parse_known_args(argv)
     params = given_params(args)
     return Invocation(spec, Path(args.o), args, params, unknown)
@@ -178,7 +187,8 @@ def _file_name(kind: str, name: str, tables: str) -> str:
     for a table, ``<name>.pdf`` for a figure, and the selection of a class set."""
     if kind == "selection":
         return "backup_selection.star" if name == "class_averages" else f"{name}_selection.star"
-    return f"{name}.{ {'table': tables, 'figure': 'pdf'}.get(kind, 'star') }"
+    ext = {"table": tables, "figure": "pdf"}.get(kind, "star")
+    return f"{name}.{ext}"
 
 
 def output_files(spec: JobSpec, tables: str = "star") -> list[str]:
@@ -194,6 +204,7 @@ def write_outputs(result: JobResult, out: Path, tables: str = "star") -> list[tu
     from cryolens.core.figures import save_figure
 
     from .class2d import write_backup_selection, write_class_averages
+    from .star import write_blocks, write_particles
 
     nodes: list[tuple[str, str]] = []
     for name, ps in result.particles.items():
@@ -256,6 +267,8 @@ def run_external(job_name: str, argv: list[str]) -> int:
     """Run one External job invocation. The exit files tell RELION how it ended; the process exits
     with the ExitCode table (0 success, 1 failed, 2 bad input, 3 aborted, 130/143 SIGINT/SIGTERM:
     both recorded as RELION_JOB_EXIT_ABORTED, the state of a job stopped from outside)."""
+    from cryolens.core.jobs import get_job
+
     spec = get_job(job_name)
     try:
         inv = parse(spec, argv)
@@ -265,12 +278,12 @@ def run_external(job_name: str, argv: list[str]) -> int:
         if code and out is not None:
             mark_exit(out, EXIT_FAILURE)
         return code
-    with signals.raise_on_signals():
-        return _run(spec, inv)
+    return _run(spec, inv)
 
 
 def _run(spec: JobSpec, inv: Invocation) -> int:
     from cryolens.core.atomic import clear_outputs, staged
+    from cryolens.core.jobs import JobContext, prepare_params, run_job
 
     job_dir = inv.out
     t0 = time.monotonic()
@@ -350,8 +363,24 @@ def job_from_program_name(prog: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cryolens-relion-<job>`` (job from the program name) and of
-    ``cryolens-relion --job <job>``."""
+    ``cryolens-relion --job <job>``. SIGINT/SIGTERM are handled from here on: one that comes
+    before the run has begun (torch still loading) ends it as aborted too."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with signals.raise_on_signals():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as err:
+            signals.finishing()
+            _say(f"cryolens: interrupted ({err or 'SIGINT'})")
+            out = out_dir_of(argv)
+            if out is not None:
+                mark_exit(out, EXIT_ABORTED)
+            return exit_code(err)
+
+
+def _main(argv: list[str]) -> int:
+    from cryolens.core.jobs import load_all
+
     job = job_from_program_name(sys.argv[0])
     if job is None:
         if "--job" in argv:

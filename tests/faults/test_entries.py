@@ -277,16 +277,16 @@ def test_run_with_a_folder_in_the_way_leaves_no_half_result_set(tmp_path, capsys
 
 
 def test_run_disk_full_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
-    import cryolens.relion_ext.external as external
+    import cryolens.relion_ext.class2d as class2d
+    import cryolens.relion_ext.star as star
 
     class_stack(tmp_path / "cls.mrcs")
 
     def full(*a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device", str(a[1]))
 
-    monkeypatch.setattr(external, "write_blocks", full)
-    monkeypatch.setattr(external, "write_particles", full)
-    monkeypatch.setattr("cryolens.relion_ext.class2d.write_class_averages", full)
+    for mod, name in ((star, "write_blocks"), (star, "write_particles"), (class2d, "write_class_averages")):
+        monkeypatch.setattr(mod, name, full)
     rc = shell(["run", "rank", "--classes-in", str(tmp_path / "cls.mrcs"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == ExitCode.BAD_INPUT and "no space left on the device" in err and "out/rank_model.star" in err
@@ -361,6 +361,17 @@ def test_the_decoy_pass_and_decoy_rendering_are_abortable(monkeypatch):
     assert seen == [(12, True), (64, True)]  # the library pass, then the decoys: both polled
     with pytest.raises(JobAborted):
         build_decoys(lib, should_stop=lambda: True)
+
+
+def test_rank_scoring_is_abortable_between_chunks():
+    import pandas as pd
+
+    from cryolens.core.particles import ClassSet
+    from cryolens.core.rank.model import RankModel
+
+    cs = ClassSet(pd.DataFrame({"class_id": [1, 2, 3]}), np.zeros((3, 32, 32), np.float32), 3.0)
+    with pytest.raises(JobAborted):
+        RankModel.load().score(cs, should_stop=lambda: True)
 
 
 # -- signals on real processes ---------------------------------------------------------------------------
@@ -438,6 +449,19 @@ def test_relion_entry_sigterm_before_writing_aborts_cleanly(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.TERMINATED and "Traceback" not in err
     assert leftovers(tmp_path / "External/job008") == ["RELION_JOB_EXIT_ABORTED"]
+
+
+@pytest.mark.slow
+def test_relion_entry_sigterm_while_torch_loads_still_writes_the_exit_file(tmp_path):
+    class_stack(tmp_path / "cls.mrcs")
+    exe = Path(PY).parent / "cryolens-relion-rank"
+    proc = subprocess.Popen([str(exe), "--o", "External/job015/", "--in_parts", "cls.mrcs"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)  # the handlers are in from main's first line; torch is still loading
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.TERMINATED and "Traceback" not in err, err
+    assert leftovers(tmp_path / "External/job015") == ["RELION_JOB_EXIT_ABORTED"]
 
 
 @pytest.mark.slow
