@@ -21,8 +21,8 @@ Each figure is the median of ``--trials`` runs (all runs listed). The project pr
 Example: .venv/bin/python bench/bench_abort.py --trials 3 --out abort.json
 
 Measured (defaults, 3 trials, 2 shared CPU cores, CPU torch), median s: identify_ncc 0.05 (16,000
-references; 11.2 s before the per-chunk poll), identify_decoys 0.16 (not abortable before),
-decoy_rendering 0.27, rank_images 0.39 (8.0 before features were computed in chunks),
+references; the issue measured 11.2 s before the per-chunk poll), identify_decoys 0.16 (not
+abortable before), decoy_rendering 0.27, rank_images 0.39 (8.0 before features came in chunks),
 relion_abort_now 0.91, relion_sigint 1.03, relion_sigterm 0.99 (no exit file was written before).
 """
 from __future__ import annotations
