@@ -32,7 +32,11 @@ class Param:
     starts, and the job receives the loaded object. ``min``/``max`` bound numbers (inclusive;
     ``min_exclusive`` makes the lower bound strict, for a pixel size or an SNR); floats must be
     finite unless ``finite`` is false. ``unset`` says, for help texts, what an unset value (None
-    or "") means; ``metavar`` overrides the placeholder derived from the type.
+    or "") means; ``metavar`` overrides the placeholder derived from the type. ``aliases`` are
+    older names still accepted (a note in the log says which was read). ``only_with`` says when the
+    parameter applies: ``("select", ("threshold",))`` only with select threshold, ``("column", ())``
+    only when column is set; otherwise the job's log says it was ignored (``report``).
+    An empty yes/no value (RELION passes it as a bare flag) means the default.
     """
 
     name: str
@@ -48,16 +52,20 @@ class Param:
     metavar: str | None = None
     min_exclusive: bool = False
     finite: bool = True
+    aliases: tuple[str, ...] = ()
+    only_with: tuple[str, tuple] | None = None
 
     def parse(self, raw: Any) -> Any:
         """Convert a command-line value (or a bare flag: None) and check it; CryolensError if bad."""
         if self.type is bool:
-            if raw is None or raw is True:
-                return True  # RELION passes an empty value as a bare flag
-            text = str(raw).strip().lower()
+            if raw is True:
+                return True  # a bare flag in the shell (--gallery)
+            text = "" if raw is None else str(raw).strip().lower()
+            if text == "":
+                return self.default  # RELION passes an empty value as a bare flag: the default, not yes
             if text in ("1", "yes", "true", "y", "on"):
                 return True
-            if text in ("0", "no", "false", "n", "off", ""):
+            if text in ("0", "no", "false", "n", "off"):
                 return False
             raise CryolensError(f"parameter {self.flag}: expected yes/no, got {raw!r}")
         if raw is None or (isinstance(raw, str) and raw.strip() == ""):
@@ -182,6 +190,7 @@ class JobSpec:
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Typed values for every parameter: given ones parsed, the rest defaulted."""
         known = {p.name for p in self.params}
+        raw = resolve_aliases(self, raw)
         unknown = sorted(set(raw) - known)
         if unknown:
             raise CryolensError(f"job {self.name}: unknown parameter(s) {', '.join('--' + u for u in unknown)} "
@@ -200,6 +209,18 @@ class JobSpec:
             raise CryolensError(f"job {self.name} needs one of: {', '.join(self.one_of)}")
 
 
+def resolve_aliases(spec: JobSpec, raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with each old parameter name (``Param.aliases``) under its current name."""
+    out = dict(raw)
+    for p in spec.params:
+        for alias in p.aliases:
+            if alias in out:
+                if p.name in raw:
+                    raise CryolensError(f"job {spec.name}: --{p.name} and its old name --{alias} were both given")
+                out[p.name] = out.pop(alias)
+    return out
+
+
 REGISTRY: dict[str, JobSpec] = {}
 
 
@@ -208,8 +229,11 @@ def register(spec: JobSpec) -> JobSpec:
         assert o.kind in OUTPUT_KINDS, o
     for i in spec.inputs:
         assert i.kind in INPUT_KINDS, i
+    names = [n for p in spec.params for n in (p.name, *p.aliases)]
+    assert len(names) == len(set(names)), spec.name
     for p in spec.params:
         assert (p.type is Path) == (p.file_kind is not None), p
+        assert p.only_with is None or p.only_with[0] in names, p
         assert p.file_kind is None or p.file_kind in FILE_KINDS, p
     REGISTRY[spec.name] = spec
     return spec
@@ -225,18 +249,26 @@ def get_job(name: str) -> JobSpec:
 
 
 class JobParams(dict):
-    """Parameter values ready for ``JobSpec.run``: parsed, checked, and every file loaded."""
+    """Parameter values ready for ``JobSpec.run``: parsed, checked, and every file loaded;
+    ``report``: the lines that say what each parameter is and did (``report.param_report``)."""
+
+    report: list[str] = []
 
 
 def prepare_params(spec: JobSpec, raw: dict[str, Any], device: torch.device | str = "cpu") -> JobParams:
     """Parse and check the raw flag values, then load each file parameter (the library, a model).
     Adapters call this before reading any input, so a bad value or a missing, unreadable or
     wrong file fails at once, naming the file."""
+    from .report import param_report
+
     params = spec.parse_params(raw)
+    report = param_report(spec, raw, params)
     for p in spec.params:
         if p.file_kind is not None:
             params[p.name] = load_file(p, params[p.name], device)
-    return JobParams(params)
+    params = JobParams(params)
+    params.report = report
+    return params
 
 
 def run_job(spec: JobSpec, inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
@@ -246,6 +278,8 @@ def run_job(spec: JobSpec, inputs: dict[str, Any], params: dict[str, Any], ctx: 
         params = prepare_params(spec, params, ctx.device)
     spec.check_inputs(inputs)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    for line in params.report:  # the log's first lines: every parameter, its value, what applied
+        ctx.log(line)
     return spec.run(inputs, params, ctx)
 
 

@@ -20,16 +20,18 @@ _OPTIONS = "options__"  # the Params of the command a namespace was parsed for
 def add_param_arguments(parser: argparse.ArgumentParser, spec: JobSpec, bare_flags: bool = False) -> None:
     """``--<param> VALUE`` for every parameter; a flag that is not given stays out of the
     namespace (its default applies). ``bare_flags`` (RELION): every value is optional, since
-    RELION passes an empty value as a bare flag; elsewhere only yes|no values are (``--gallery``
-    alone means yes). Choices are left to ``Param.parse`` under RELION, for a one-line error."""
+    RELION passes an empty value as a bare flag, which means the default; elsewhere only yes|no
+    values are (``--gallery`` alone means yes). Old names (``Param.aliases``) are accepted too. Choices are left to ``Param.parse`` under RELION, for a one-line error."""
     for prm in spec.params:
         names = dict.fromkeys([prm.flag, f"--{prm.name}"])
         clash = [n for n in names if n in parser._option_string_actions]
         if clash:
             raise AssertionError(f"job {spec.name}: parameter {clash[0]} clashes with an adapter option")
         kw: dict[str, Any] = dict(dest=_DEST + prm.name, default=argparse.SUPPRESS, metavar=prm.placeholder())
-        if bare_flags or prm.type is bool:
-            kw.update(nargs="?", const=None)
+        if bare_flags:
+            kw.update(nargs="?", const=None)  # an empty value: the default (Param.parse), a yes/no included
+        elif prm.type is bool:
+            kw.update(nargs="?", const=True)  # --gallery alone: yes
         if prm.choices and not bare_flags and prm.type is str:
             kw["choices"] = prm.choices
         shown, *aliases = names
@@ -38,6 +40,11 @@ def add_param_arguments(parser: argparse.ArgumentParser, spec: JobSpec, bare_fla
                             required=prm.required and not bare_flags and not aliases, **kw)
         for alias in aliases:
             parser.add_argument(alias, help=argparse.SUPPRESS, **kw)
+        for old in prm.aliases:  # an old name: read under it, so the log can say which name was used
+            old_names = [n for n in dict.fromkeys([f"--{old}", "--" + old.replace("_", "-")])
+                         if n not in parser._option_string_actions]
+            if old_names:
+                parser.add_argument(*old_names, help=argparse.SUPPRESS, **{**kw, "dest": _DEST + old})
 
 
 def given_params(namespace: argparse.Namespace) -> dict[str, Any]:

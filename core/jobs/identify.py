@@ -1,7 +1,7 @@
 """Job ``identify``: which protein is each 2D class average, against a library of maps.
 
 Per class: the top-k library entries with their scores, a calibrated confidence that the first
-is right, and the identity (or "unknown" below ``--min_confidence``); the particles of each
+is right, and the identity (or "unknown" below ``--min_conf``); the particles of each
 identity as their own set (when the classes come with their particles); a gallery of every class
 beside its best-matching reference projection. See ``core.identify`` for the three modes.
 """
@@ -35,7 +35,7 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
                        log=ctx.log, should_stop=ctx.should_stop) and library.path:
         ctx.log(f"{library.path}: decoys/embeddings added and saved, so the next run starts ready")
     found = identify(classes.images, px, library, model, params["mode"], params["top_k"],
-                     params["shortlist"], params["min_confidence"], log=ctx.log, should_stop=ctx.should_stop)
+                     params["shortlist"], params["min_conf"], log=ctx.log, should_stop=ctx.should_stop)
     table = found.table
     table.insert(0, "class_id", classes.class_ids)
     counts = classes.known_counts()
@@ -70,14 +70,16 @@ SPEC = register(JobSpec(
         Param("library", Path, None, "map library (.npz) from: cryolens library build", file_kind="library",
               required=True),
         Param("model", Path, None, "identity model (.pt) from: cryolens train identify", file_kind="identity_model",
-              unset="the model shipped with cryolens"),
+              unset="the model shipped with cryolens", only_with=("mode", ("embedding", "combined"))),
         Param("mode", str, "combined", "embedding (fastest), correlation (NCC baseline) or combined "
                                        "(embedding shortlist, NCC re-ranking)",
               choices=("embedding", "correlation", "combined")),
         Param("top_k", int, 5, "matches listed per class", min=1, max=100),
         Param("shortlist", int, 10, "combined mode: at least this many entries go from the embedding to NCC "
-                                    "(more when the model's calibrated bar lets more through)", min=1, max=100000),
-        Param("min_confidence", float, 0.5, "below this calibrated confidence a class is 'unknown'", min=0, max=1),
+                                    "(more when the model's calibrated bar lets more through)", min=1, max=100000,
+              only_with=("mode", ("combined",))),
+        Param("min_conf", float, 0.5, "below this calibrated confidence a class is 'unknown'", min=0, max=1,
+              aliases=("min_confidence",)),
         *CLASS_AVERAGE_PARAMS,
     ),
     outputs=(Output("identities", "table", "per class: identity, confidence, top-k matches and scores"),

@@ -45,7 +45,7 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
     prob, counts = sc.probability, class_counts(cs)
     res_col = cs.table["resolution"].to_numpy(np.float64) if "resolution" in cs.table else np.full(len(cs), np.nan)
     keep, cut, reason = select_classes(prob, counts, params["select"], params["threshold"], params["fraction"],
-                                       params["recall"], params["min_probability"], logit=sc.logit)
+                                       params["recall"], params["min_prob"], logit=sc.logit)
     rank = np.empty(len(cs), np.int64)
     rank[score_order(prob, sc.logit)] = np.arange(1, len(cs) + 1)
 
@@ -69,7 +69,7 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
         members = cs.particles.table["class_id"].isin(kept_ids).to_numpy()
         if members.any():
             res.particles["particles"] = cs.particles.subset(members)
-        if params["write_rejected"] and (~members).any():
+        if params["rejected"] and (~members).any():
             res.particles["rejected"] = cs.particles.subset(~members)
         res.summary.append(f"rank: kept {int(keep.sum())} of {len(cs)} classes, {int(members.sum())} of "
                            f"{len(members)} particles")
@@ -99,17 +99,20 @@ SPEC = register(JobSpec(
               unset="the model shipped with cryolens"),
         Param("select", str, "auto", "how to select: auto (cut from this data set's scores), threshold, fraction",
               choices=("auto", "threshold", "fraction")),
-        Param("threshold", float, 0.5, "with --select threshold: keep classes scoring at least this", min=0, max=1),
-        Param("fraction", float, 0.5, "with --select fraction: keep this share of the classes, best first",
-              min=0.0001, max=1),
-        Param("recall", float, 0.95, "auto: keep an expected share of the good particles of at least this",
-              min=0.5, max=1),
-        Param("min_probability", float, 0.1, "auto: never keep a class scoring below this", min=0, max=1),
-        Param("write_rejected", bool, False, "also write the particles of the classes not selected"),
+        Param("threshold", float, 0.5, "with select threshold: keep classes scoring at least this", min=0, max=1,
+              only_with=("select", ("threshold",))),
+        Param("fraction", float, 0.5, "with select fraction: keep this share of the classes, best first",
+              min=0.0001, max=1, only_with=("select", ("fraction",))),
+        Param("recall", float, 0.95, "with select auto: keep an expected share of the good particles of at least "
+              "this", min=0.5, max=1, only_with=("select", ("auto",))),
+        Param("min_prob", float, 0.1, "with select auto: never keep a class scoring below this", min=0, max=1,
+              aliases=("min_probability",), only_with=("select", ("auto",))),
+        Param("rejected", bool, False, "also write the particles of the classes not selected (rejected.star)",
+              aliases=("write_rejected",)),
         *CLASS_AVERAGE_PARAMS,
     ),
     outputs=(Output("particles", "particles", "particles of the selected classes"),
-             Output("rejected", "particles", "particles of the other classes (with --write_rejected)"),
+             Output("rejected", "particles", "particles of the other classes (with --rejected yes)"),
              Output("class_averages", "classes", "the selected classes (with their scores)"),
              Output("rank_model", "classes", "every class with rlnClassScore / rlnPredictedClassScore"),
              Output("rank_scores", "table", "score, rank and selection per class"),

@@ -72,7 +72,7 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
         if not keep.any():
             raise CryolensError(f"no particles selected ({'; '.join(why)}): nothing to write")
         res.particles["particles"] = ps.subset(keep)
-        if params["write_rejected"]:
+        if params["rejected"]:
             res.particles["rejected"] = ps.subset(~keep)
 
     counts = {name: len(s) for name, s in res.particles.items()}
@@ -94,19 +94,22 @@ SPEC = register(JobSpec(
               metavar="LIST", unset="every class"),
         Param("column", str, "", "numeric column to threshold, e.g. rlnMaxValueProbDistribution", metavar="LABEL",
               unset="no threshold"),
-        Param("min_value", float, None, "keep particles with column >= this", unset="no bound"),
-        Param("max_value", float, None, "keep particles with column <= this", unset="no bound"),
+        Param("min_value", float, None, "keep particles with column >= this", unset="no bound",
+              only_with=("column", ())),
+        Param("max_value", float, None, "keep particles with column <= this", unset="no bound",
+              only_with=("column", ())),
         Param("min_quantile", float, None, "keep particles at or above this quantile of the column", min=0, max=1,
-              unset="no bound"),
+              unset="no bound", only_with=("column", ())),
         Param("max_quantile", float, None, "keep particles at or below this quantile of the column", min=0, max=1,
-              unset="no bound"),
+              unset="no bound", only_with=("column", ())),
         Param("split_by", str, "", "write one particle set per value of this column (e.g. rlnOpticsGroup)",
               metavar="LABEL", unset="no split"),
-        Param("max_splits", int, 100, "refuse to split into more sets than this", min=1),
-        Param("write_rejected", bool, False, "also write the particles that were not selected"),
+        Param("max_splits", int, 100, "refuse to split into more sets than this", min=1, only_with=("split_by", ())),
+        Param("rejected", bool, False, "also write the particles that were not selected (rejected.star)",
+              aliases=("write_rejected",)),
     ),
     outputs=(Output("particles", "particles", "selected particles (or one set per value with --split_by)"),
-             Output("rejected", "particles", "particles not selected (with --write_rejected)"),
+             Output("rejected", "particles", "particles not selected (with --rejected yes)"),
              Output("class_averages", "classes", "the selected classes (when selecting 2D classes)"),
              Output("selection", "table", "how many particles each output holds"),
              Output("select_histogram", "figure", "distribution of the thresholded column with the cut")),

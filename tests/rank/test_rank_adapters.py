@@ -28,7 +28,7 @@ def test_rank_from_the_pipeliner_and_relion_continues_with_the_selection(project
     job_dir, status = add_and_run_external(proj, {
         "fn_exe": EXE, "in_part": str(data).replace("_data.star", "_optimiser.star"),
         "param1_label": "select", "param1_value": "fraction", "param2_label": "fraction", "param2_value": "0.5",
-        "param3_label": "write_rejected", "nr_threads": "1"})
+        "param3_label": "rejected", "param3_value": "yes", "nr_threads": "1"})
     assert status == 2, (job_dir / "run.err").read_text()
     rel = job_dir.relative_to(proj)
     nodes = pipeline_nodes(proj)

@@ -21,7 +21,7 @@ def test_select_runs_from_the_pipeliner_and_relion_continues(project):
     proj, data = project
     job_dir, status = add_and_run_external(proj, {
         "fn_exe": EXE, "in_part": str(data), "param1_label": "classes", "param1_value": "1-2",
-        "param2_label": "write_rejected", "nr_threads": "1"})
+        "param2_label": "rejected", "param2_value": "yes", "nr_threads": "1"})
     assert status == 2, (job_dir / "run.err").read_text()
     assert (job_dir / "RELION_JOB_EXIT_SUCCESS").exists()
     nodes = pipeline_nodes(proj)
@@ -161,15 +161,23 @@ def test_output_nodes_carry_both_columns_with_the_versions_labels(tmp_path, vers
     assert ("# version 50001" in (tmp_path / "RELION_OUTPUT_NODES.star").read_text()) == (version == "5.0")
 
 
-def test_shell_invocation_with_an_empty_value_bare_flag(tmp_path, monkeypatch):
+def test_an_empty_yes_no_means_the_default_and_an_old_name_still_runs(tmp_path, monkeypatch, capsys):
+    """RELION passes an empty value as a bare flag: the default (no), said in the log; the old name
+    write_rejected is read as rejected with a note; rejected yes writes rejected.star."""
     star = shared_path("relion-projects", "relion-class2d-betagal", "ap_s_c2d.star")
     monkeypatch.chdir(tmp_path)
     rc = main(["--job", "select", "--o", "External/job003/", "--in_parts", str(star), "--classes", "51",
                "--write_rejected", "--j", "1"])
     assert rc == 0
     job = tmp_path / "External" / "job003"
-    assert (job / "RELION_JOB_EXIT_SUCCESS").exists() and (job / "rejected.star").exists()
+    assert (job / "RELION_JOB_EXIT_SUCCESS").exists() and not (job / "rejected.star").exists()
     assert len(read_particles(job / "particles.star")) == 508
+    out = capsys.readouterr().out
+    assert "rejected     = no (empty value: the default) [yes|no]" in out
+    assert "write_rejected is the old name of rejected" in out
+    assert main(["--job", "select", "--o", "External/job004/", "--in_parts", str(star), "--classes", "51",
+                 "--rejected", "yes"]) == 0
+    assert (tmp_path / "External" / "job004" / "rejected.star").exists()
 
 
 def test_a_failed_run_removes_stale_success_and_declares_nothing(tmp_path, monkeypatch):
@@ -217,4 +225,4 @@ def test_template_loads_into_the_pipeliner_and_runs(project, monkeypatch):
     job = proj / "External" / "job001"
     assert (job / "RELION_JOB_EXIT_SUCCESS").exists(), (job / "run.err").read_text()
     assert set(read_particles(job / "particles.star").table["class_id"]) == {4}
-    assert not (job / "rejected.star").exists()  # write_rejected 'no' from the template
+    assert not (job / "rejected.star").exists()  # rejected "no" from the template
