@@ -117,8 +117,10 @@ def _exact_text(col: pd.Series) -> pd.Series:
     return pd.Series([repr(float(v)) for v in a], index=col.index, dtype=object)
 
 
-def write_blocks(path: str | os.PathLike, blocks: dict[str, Any], version: int | None = 30001) -> None:
-    """Write STAR blocks atomically, RELION-style: ``# version`` before each block.
+def write_blocks(path: str | os.PathLike, blocks: dict[str, Any], version: int | None = 30001,
+                 comments: tuple[str, ...] | list[str] = ()) -> None:
+    """Write STAR blocks atomically, RELION-style: ``# version`` before each block; ``comments``
+    become ``#`` lines at the top (RELION and starfile skip them).
 
     Floats are written with 15 significant digits, or exactly where that would change the number,
     so every double (and every float32 of a .cs) reads back as it was.
@@ -127,7 +129,7 @@ def write_blocks(path: str | os.PathLike, blocks: dict[str, Any], version: int |
                   if isinstance(v, pd.DataFrame) and len(v) else v) for k, v in blocks.items()}
     text = starfile.writer.StarWriter(blocks, float_format="%.15g", na_rep="nan").to_string()
     lines = text.splitlines()
-    out = ["# written by cryolens"]
+    out = ["# written by cryolens"] + [f"# {c}".rstrip() for c in comments]
     # starfile reads a comment after an empty loop as its data: no version line after one
     empty = [isinstance(b, pd.DataFrame) and not len(b) for b in blocks.values()]
     i = 0
