@@ -34,8 +34,11 @@ def run(cmd: list[str], project: Path, log: str | None = None, timeout: int = 36
 
 def class2d(project: Path, star: str, job: str = "Class2D/job001", K: int = 10, iters: int = 5,
             diameter_A: float = 150, seed: int = 1, threads: int = 2, psi_step: float = 12,
-            offset_range: int = 5, offset_step: int = 2, tau2_fudge: float = 2, ctf: bool = True) -> Path:
-    """A CPU relion_refine 2D classification (EM, as RELION 3.1's default); returns the last _data.star."""
+            offset_range: int = 5, offset_step: int = 2, tau2_fudge: float = 2, ctf: bool = True,
+            pipeline_control: bool = False) -> Path:
+    """A CPU relion_refine 2D classification (EM, as RELION 3.1's default); returns the last _data.star.
+    ``pipeline_control``: as the pipeliner runs it (``--pipeline_control``: RELION_JOB_EXIT_SUCCESS
+    in the job directory; the log in run.out), for a job the project's pipeline lists."""
     (project / job).mkdir(parents=True, exist_ok=True)
     cmd = ["relion_refine", "--o", f"{job}/run", "--i", star, "--dont_combine_weights_via_disc", "--preread_images",
            "--pool", "30", "--pad", "2", "--iter", str(iters), "--tau2_fudge", str(tau2_fudge),
@@ -44,7 +47,9 @@ def class2d(project: Path, star: str, job: str = "Class2D/job001", K: int = 10, 
            "--offset_step", str(offset_step), "--norm", "--scale", "--j", str(threads), "--random_seed", str(seed)]
     if ctf:
         cmd.append("--ctf")
-    run(cmd, project, log=f"{job}/run.log")
+    if pipeline_control:
+        cmd += ["--pipeline_control", f"{job}/"]
+    run(cmd, project, log=f"{job}/run.out" if pipeline_control else f"{job}/run.log")
     return project / job / f"run_it{iters:03d}_data.star"
 
 

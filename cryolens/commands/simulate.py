@@ -1,4 +1,4 @@
-"""Write a simulated data set with ground truth (RELION project, .cs)
+"""Write a simulated data set with ground truth (a RELION project RELION opens, .cs)
 
 Species are phantom proteins (core.simulate.proteins); particles carry CTFs, noise, junk and
 ground truth (core.simulate.particles); 2D classes come from the fast synthesis
@@ -35,6 +35,8 @@ OPTIONS = (
     Param("class_route", str, "fast", "fast synthesis, a real relion_refine run, both, or none",
           choices=("fast", "relion", "both", "none")),
     Param("relion_iters", int, 5, "relion_refine iterations", min=1),
+    Param("relion_version", str, "3.1", "the RELION version whose default_pipeline.star and job.star files "
+          "the project gets (RELION opens it as its own project)", choices=("3.1", "4.0", "5.0")),
 )
 
 
@@ -53,7 +55,8 @@ def main(args: argparse.Namespace) -> int:
     from cryolens.core.simulate.classes import synthesize_classes
     from cryolens.core.simulate.particles import ParticleSimulator, SimulatorConfig, Species
     from cryolens.core.simulate.proteins import phantom_library
-    from cryolens.relion_ext.simulate import class2d_with_truth, write_project
+    from cryolens.relion_ext.simulate import (CLASS2D_JOB, class2d_with_truth, import_particles, write_project,
+                                             write_simulated_pipeline)
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +70,8 @@ def main(args: argparse.Namespace) -> int:
                                                      junk=args.junk), device=args.device)
     ps, images, truth = sim.dataset(args.n, seed=args.seed)
     star = write_project(out, ps, images, truth)
+    imported = import_particles(out, star)
+    class2d = None
     print(f"wrote {len(ps)} particles of {box} px at {px} A/px ({', '.join(species)}; "
           f"{int(truth['is_junk'].sum())} junk) -> {star}")
     if args.cs:
@@ -94,14 +99,18 @@ def main(args: argparse.Namespace) -> int:
         summary["fast_classes"] = len(cs)
         print(f"wrote {len(cs)} fast synthetic class averages -> {out / 'Simulated' / 'classes_fast.mrcs'}")
     if args.class_route in ("relion", "both") and args.classes > 0:
-        cs, ct = class2d_with_truth(out, "Simulated/particles.star", truth, "Simulated/particles.mrcs",
+        cs, ct = class2d_with_truth(out, imported, truth, "Simulated/particles.mrcs",
                                     K=args.classes, iters=args.relion_iters, diameter_A=0.9 * box * px,
-                                    seed=max(1, args.seed), job="Class2D/job001")
-        ct.to_csv(out / "Class2D" / "job001" / "classes_truth.csv", index=False)
+                                    seed=max(1, args.seed), job=CLASS2D_JOB.rstrip("/"), pipeline_control=True)
+        class2d = out / CLASS2D_JOB / f"run_it{args.relion_iters:03d}_data.star"
+        ct.to_csv(out / CLASS2D_JOB / "classes_truth.csv", index=False)
         rows.append(("RELION classes", cs.images, [f"{_short(s) or 'junk'} {p:.2f}" for s, p in
                                                   zip(ct["truth_species"], ct["truth_purity"])]))
         summary["relion_classes"] = len(cs)
-        print(f"RELION Class2D: {len(cs)} classes -> {out / 'Class2D' / 'job001'} (truth: classes_truth.csv)")
+        print(f"RELION Class2D: {len(cs)} classes -> {out / CLASS2D_JOB} (truth: classes_truth.csv)")
+    pipeline = write_simulated_pipeline(out, imported, class2d, args.classes, args.relion_iters, args.relion_version)
+    print(f"RELION {args.relion_version} project: {pipeline} ({imported}"
+          + (f", {CLASS2D_JOB}" if class2d else "") + "); open it with relion in that directory")
     path = gallery(out / "gallery.png", rows)
     (out / "Simulated" / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"gallery: {path}")

@@ -62,7 +62,7 @@ def test_relion_class2d_route_end_to_end(tmp_path):
     out = tmp_path / "c"
     assert main(["simulate", str(out), "--n", "300", "--species", "2", "--box", "48", "--pixel-size", "4",
                  "--snr", "0.3", "--classes", "4", "--class-route", "relion", "--relion-iters", "2", "--seed", "3"]) == 0
-    truth = pd.read_csv(out / "Class2D" / "job001" / "classes_truth.csv")
+    truth = pd.read_csv(out / "Class2D" / "job002" / "classes_truth.csv")
     assert len(truth) == 4 and truth["n_particles"].sum() == 300
     assert truth["truth_purity"].between(0, 1).all()
-    assert (out / "Class2D" / "job001" / "run_it002_model.star").exists()
+    assert (out / "Class2D" / "job002" / "run_it002_model.star").exists()
