@@ -153,6 +153,10 @@ def read_class2d(path: str | os.PathLike, root: str | os.PathLike | None = None,
     return cs
 
 
+# score labels RELION knows from 4.0 on (its class ranker); 3.1 warns about each on every read
+LABELS_FROM_40 = ("rlnClassScore", "rlnPredictedClassScore")
+
+
 def class_rows(cs: ClassSet) -> pd.DataFrame:
     """RELION ``model_classes`` rows for the classes of ``cs`` (original values where known)."""
     rel = cs.meta.get("relion", {})
@@ -166,17 +170,40 @@ def class_rows(cs: ClassSet) -> pd.DataFrame:
             if field in cs.table:
                 rows[label] = cs.table[field].fillna(UNKNOWN_ACCURACY).to_numpy()
     # scores a job added to the class table ride along under their RELION labels
-    for label in ("rlnClassScore", "rlnPredictedClassScore"):
+    for label in LABELS_FROM_40:
         if label in cs.table:
             rows[label] = cs.table[label].to_numpy()
     return rows
 
 
-def write_class_averages(cs: ClassSet, path: str | os.PathLike) -> None:
-    """``class_averages.star`` as RELION's Select writes it: an unnamed block, one row per class."""
+def write_class_averages(cs: ClassSet, path: str | os.PathLike, version: str = "5.0", select: bool = True) -> bool:
+    """Classes as RELION writes them. ``select``: as Select's ``class_averages.star`` (an unnamed
+    block; the score as ``rlnPredictedClassScore``); otherwise as the class ranker's
+    ``rank_model.star`` (a ``model_classes`` table; the score as ``rlnClassScore``). RELION 3.1
+    knows neither score label: its class_averages.star has none (as 3.1's Select writes it).
+    Returns whether the file holds only labels ``version`` knows (so it can be a pipeline node)."""
     from .star import write_blocks
 
-    write_blocks(path, {"": class_rows(cs)})
+    rows = class_rows(cs)
+    if select:
+        drop = LABELS_FROM_40 if version == "3.1" else ("rlnClassScore",) if "rlnPredictedClassScore" in rows else ()
+        rows = rows.drop(columns=[c for c in drop if c in rows])
+        write_blocks(path, {"": rows})
+    else:
+        rows = rows.drop(columns=[c for c in ("rlnPredictedClassScore",) if c in rows and "rlnClassScore" in rows])
+        write_blocks(path, {"model_classes": rows})
+    return version != "3.1" or not any(c in rows for c in LABELS_FROM_40)
+
+
+def per_class_rows(table: pd.DataFrame, cs: ClassSet | None) -> pd.DataFrame:
+    """A per-class table (``class_id`` column) with RELION labels where they exist: each class's
+    image (``rlnReferenceImage``, from ``cs``) and number (``rlnClassNumber``) first, the job's
+    own columns after (RELION keeps labels it does not know)."""
+    rows = table.rename(columns={"class_id": "rlnClassNumber"})
+    if cs is not None and len(cs):
+        ref = pd.Series(class_rows(cs)["rlnReferenceImage"].to_numpy(), index=cs.class_ids)
+        rows.insert(0, "rlnReferenceImage", ref.reindex(rows["rlnClassNumber"].to_numpy()).to_numpy())
+    return rows
 
 
 def write_backup_selection(selected: list[int], path: str | os.PathLike) -> None:

@@ -73,7 +73,8 @@ def detect_version(job_dir: Path, project_dir: Path = Path(".")) -> str:
 
 
 def write_output_nodes(job_dir: Path, nodes: list[tuple[str, str]], version: str) -> None:
-    """RELION_OUTPUT_NODES.star with both the 3.1 integer type and the 4.0/5.0 label."""
+    """RELION_OUTPUT_NODES.star: the integer type RELION 3.1 reads (and only that: 3.1 warns about
+    the label it does not know), or the label 4.0/5.0 read with the integer beside it."""
     import pandas as pd
 
     from .star import write_blocks
@@ -82,8 +83,9 @@ def write_output_nodes(job_dir: Path, nodes: list[tuple[str, str]], version: str
     table = pd.DataFrame({
         "rlnPipeLineNodeName": [name for name, _ in nodes],
         "rlnPipeLineNodeType": [NODE_TYPES[kind][0] for _, kind in nodes],
-        "rlnPipeLineNodeTypeLabel": [NODE_TYPES[kind][label_col] for _, kind in nodes],
     })
+    if version != "3.1":
+        table["rlnPipeLineNodeTypeLabel"] = [NODE_TYPES[kind][label_col] for _, kind in nodes]
     write_blocks(job_dir / NODES_FILE, {"output_nodes": table}, 50001 if version == "5.0" else 30001)
 
 
@@ -197,13 +199,17 @@ def output_files(spec: JobSpec, tables: str = "star") -> list[str]:
     return names + [_file_name("selection", o.name, tables) for o in spec.outputs if o.kind == "classes"]
 
 
-def write_outputs(result: JobResult, out: Path, tables: str = "star") -> list[tuple[str, str]]:
+def write_outputs(result: JobResult, out: Path, tables: str = "star", version: str = "5.0",
+                  spec: JobSpec | None = None, classes: Any = None) -> list[tuple[str, str]]:
     """Write every result file atomically into ``out`` (a staging folder); return the nodes to
-    declare (file name, kind). ``tables``: "star" (RELION), or "csv" (``cryolens run``)."""
+    declare (file name, kind). ``tables``: "star" (RELION), or "csv" (``cryolens run``).
+    ``version``: only labels that RELION version knows go into a declared file. A table the
+    ``spec`` declares a node (``Output.node``) is one too: per class (``class_id``), with each
+    class's image from the input ``classes``, so RELION's Display shows it."""
     from cryolens.core.atomic import atomic_path
     from cryolens.core.figures import save_figure
 
-    from .class2d import write_backup_selection, write_class_averages
+    from .class2d import per_class_rows, write_backup_selection, write_class_averages
     from .star import write_blocks, write_particles
 
     nodes: list[tuple[str, str]] = []
@@ -211,8 +217,14 @@ def write_outputs(result: JobResult, out: Path, tables: str = "star") -> list[tu
         write_particles(ps, out / _file_name("particles", name, tables))
         nodes.append((_file_name("particles", name, tables), "particles"))
     for name, cs in result.classes.items():
-        write_class_averages(cs, out / _file_name("classes", name, tables))
-        nodes.append((_file_name("classes", name, tables), "classes"))
+        # a class selection (backup_selection.star beside it) is Select's file, the rest the ranker's
+        file = _file_name("classes", name, tables)
+        if write_class_averages(cs, out / file, version, select=name in result.class_selection):
+            nodes.append((file, "classes"))
+        else:
+            print(f"cryolens: note: {file} holds scores under RELION 4.0+ labels: written, not a node under "
+                  f"RELION {version}", flush=True)
+    as_node = {o.name for o in spec.outputs if o.node} if spec is not None else set()
     for name, sel in result.class_selection.items():
         write_backup_selection(sel, out / _file_name("selection", name, tables))
     for name, table in result.tables.items():
@@ -220,6 +232,11 @@ def write_outputs(result: JobResult, out: Path, tables: str = "star") -> list[tu
         if tables == "csv":
             with atomic_path(path) as tmp:
                 table.to_csv(tmp, index=False)
+        elif name in as_node and "class_id" in table:
+            rows = per_class_rows(table, classes)
+            write_blocks(path, {name: rows})
+            if "rlnReferenceImage" in rows:
+                nodes.append((path.name, "classes"))
         else:
             write_blocks(path, {name: table})
     for name, fig in result.figures.items():
@@ -314,7 +331,7 @@ def _run(spec: JobSpec, inv: Invocation) -> int:
             result = run_job(spec, inputs, params, ctx)
             ctx.check_abort()
         with staged(job_dir) as stage:
-            nodes = write_outputs(result, stage.dir)
+            nodes = write_outputs(result, stage.dir, version=version, spec=spec, classes=inputs.get("classes"))
             write_output_nodes(stage.dir, [(str(job_dir / name), kind) for name, kind in nodes], version)
             signals.finishing()  # the outputs move in together: a signal now waits for the end
             stage.commit()

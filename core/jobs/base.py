@@ -132,6 +132,7 @@ class Output:
     name: str
     kind: str  # one of OUTPUT_KINDS
     help: str
+    node: bool = False  # a table the user needs in RELION: declared as a node (per-class: with each class's image)
 
 
 @dataclass

@@ -82,7 +82,7 @@ SPEC = register(JobSpec(
               aliases=("min_confidence",)),
         *CLASS_AVERAGE_PARAMS,
     ),
-    outputs=(Output("identities", "table", "per class: identity, confidence, top-k matches and scores"),
+    outputs=(Output("identities", "table", "per class: identity, confidence, top-k matches and scores", node=True),
              Output("particles", "particles", "one particle set per identity (particles_<name>, particles_unknown)"),
              Output("identify_gallery", "figure", "each class beside its best-matching reference")),
     run=run,

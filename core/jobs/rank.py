@@ -113,8 +113,10 @@ SPEC = register(JobSpec(
     ),
     outputs=(Output("particles", "particles", "particles of the selected classes"),
              Output("rejected", "particles", "particles of the other classes (with --rejected yes)"),
-             Output("class_averages", "classes", "the selected classes (with their scores)"),
-             Output("rank_model", "classes", "every class with rlnClassScore / rlnPredictedClassScore"),
+             Output("class_averages", "classes", "the selected classes with their scores (RELION: "
+                    "rlnPredictedClassScore, as Select's class_averages.star)"),
+             Output("rank_model", "classes", "every class with its score (RELION: rlnClassScore, as the class "
+                    "ranker's rank_model.star)"),
              Output("rank_scores", "table", "score, rank and selection per class"),
              Output("rank_gallery", "figure", "all classes sorted by score, with the cut")),
     run=run,

@@ -171,7 +171,7 @@ def test_bare_stack_through_the_shell_ranks_images_alone(tmp_path, held_out):
     assert (out / "rank_gallery.pdf").read_bytes()[:4] == b"%PDF"
     from cryolens.relion_ext.star import read_blocks
 
-    model_star = read_blocks(out / "rank_model.star")[""]
+    model_star = read_blocks(out / "rank_model.star")["model_classes"]
     np.testing.assert_allclose(model_star["rlnClassScore"], scores["score"], atol=1e-6)
     assert model_star["rlnReferenceImage"].iloc[2].startswith("000003@")
 
