@@ -20,7 +20,7 @@ def value_text(prm: Param, value: Any) -> str:
     if prm.type is bool:
         return "yes" if value else "no"
     if value is None or value == "":
-        return f"none ({prm.unset})" if prm.unset else "none"
+        return prm.unset or "none"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
@@ -74,7 +74,7 @@ def param_report(spec: JobSpec, raw: dict[str, Any], values: dict[str, Any]) -> 
             notes.append(f"cryolens {spec.name}: note: {given_as} is the old name of {prm.name}; read as "
                          f"{prm.name} = {text} (rename it in your template or command)")
         ok, why = applies(prm, values)
-        what = prm.help if ok else f"IGNORED: {why}"
+        what = prm.help if ok else (f"IGNORED: {why}" if given_as is not None else f"not used: {why}")
         shown = f"{text} ({origin})" if origin else text
         lines.append(f"  {prm.name:<{width}} = {shown} [{allowed_text(prm)}]: {what}")
     return lines + notes
