@@ -22,6 +22,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -192,3 +193,51 @@ class Library:
                              f"references of {(lib.box, lib.box)}", path)
         lib.path = str(path)
         return lib
+
+
+# -- building a library from files: `cryolens library build` and identify's `maps` parameter --------
+# a new library's geometry (the command's defaults; identify builds with them too)
+DEFAULT_BOX, DEFAULT_PIXEL_SIZE, DEFAULT_RESOLUTION_A, DEFAULT_VIEWS = 64, 3.0, 15.0, 200
+MAP_SUFFIXES = (".mrc", ".map")
+MODEL_SUFFIXES = (".cif", ".pdb", ".ent", ".mmcif")
+
+
+def source_kind(path: str | os.PathLike) -> str:
+    """'model' for an atomic model (.cif/.pdb), else 'map'."""
+    return "model" if Path(path).suffix.lower() in MODEL_SUFFIXES else "map"
+
+
+def map_sources(spec: str | os.PathLike) -> list[tuple[str, str, str | None, str]]:
+    """The maps (and atomic models) named by ``spec``: a folder (every .mrc/.map/.cif/.pdb in it,
+    sorted), one file, or files separated by commas; as (kind, path, name, accession) sources for
+    ``add_sources``. InputError naming what is missing or empty."""
+    out = []
+    for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
+        path = Path(part)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in MAP_SUFFIXES + MODEL_SUFFIXES)
+            if not found:
+                raise InputError(f"no maps (.mrc/.map) or models (.cif/.pdb) in the folder", path)
+            out += [(source_kind(p), str(p), None, "") for p in found]
+        elif path.is_file():
+            out.append((source_kind(path), str(path), None, ""))
+        else:
+            raise InputError("map or folder of maps not found", path)
+    return out
+
+
+def add_sources(lib: Library, sources: list[tuple[str, str, str | None, str]], device="cpu",
+                log: Callable[[str], None] | None = None) -> None:
+    """Render each source (kind 'map' or 'model', path, name or None for the file's stem,
+    accession) into ``lib``: maps through ``add_map_file``, atomic models through gemmi."""
+    for kind, src, name, acc in sources:
+        if kind == "map":
+            lib.add_map_file(src, name=name, accession=acc, device=device)
+        else:
+            from ..maps import from_atomic_model
+
+            ph = from_atomic_model(src, lib.box, lib.pixel_size)
+            lib.check_fits(ph.max_radius_A, name or Path(src).stem, src)
+            lib.add_volume(ph.density, name or Path(src).stem, acc, str(src), ph.provenance, device=device)
+        if log:
+            log(f"  + {lib.entries['name'].iloc[-1]}")

@@ -24,6 +24,8 @@ class FileKind:
 def _library(path: Path | None, device) -> Any:
     from ..identify.library import Library
 
+    if path is None:  # no library is shipped: the job builds one from its maps, or says how to get one
+        return None
     lib = Library.load(path)
     if not len(lib):
         raise InputError("the library has no entries (add maps with: cryolens library build)", path)

@@ -20,6 +20,37 @@ def _tag(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip("_") or "unnamed"
 
 
+NO_LIBRARY = ("identify needs a map library of the proteins you expect. Either set the parameter maps to a "
+              "folder of your maps (.mrc/.map, or .cif/.pdb models; or maps separated by commas): a library is "
+              "built from them for this run and saved as library.npz in the job directory (give that file as "
+              "library next time to skip the rendering); or set library to a library made with: cryolens "
+              "library build lib.npz --maps map1.mrc map2.mrc")
+
+
+def library_from_params(params: dict[str, Any], ctx: JobContext):
+    """The library given (``library``), or one built now from ``maps`` (``core.identify.library``,
+    the code of ``cryolens library build``) and saved in the job directory."""
+    from ..identify.library import (DEFAULT_BOX, DEFAULT_PIXEL_SIZE, DEFAULT_RESOLUTION_A, DEFAULT_VIEWS, Library,
+                                    add_sources, map_sources)
+
+    if params["maps"] and params["library"] is not None:
+        raise CryolensError("give library (a built library) or maps (to build one now), not both")
+    if not params["maps"]:
+        if params["library"] is None:
+            raise CryolensError(NO_LIBRARY)
+        return params["library"]
+    sources = map_sources(params["maps"])
+    ctx.log(f"identify: building a library from {len(sources)} map(s) in {params['maps']} "
+            f"({DEFAULT_BOX} px at {DEFAULT_PIXEL_SIZE:g} A/px, {DEFAULT_VIEWS} views each)")
+    library = Library(DEFAULT_BOX, DEFAULT_PIXEL_SIZE, DEFAULT_RESOLUTION_A, DEFAULT_VIEWS)
+    add_sources(library, sources, device=ctx.device, log=ctx.log)
+    path = ctx.out_dir / "library.npz"
+    library.save(path)
+    library.path = str(path)
+    ctx.log(f"identify: library saved as {path}: give it as library next time to skip the rendering")
+    return library
+
+
 def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobResult:
     from ..identify import identify, prepare_library
     from ..identify.figures import gallery_figure
@@ -27,7 +58,8 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
     classes: ClassSet = with_pixel_size(inputs["classes"], params)
     if classes.images is None or not len(classes.images):
         raise CryolensError(f"no class averages in {classes.source or 'the input'}")
-    library, model, px = params["library"], params["model"], classes.pixel_size
+    library = library_from_params(params, ctx)
+    model, px = params["model"], classes.pixel_size
     ctx.log(f"identify: {len(classes)} classes against {len(library)} library entries "
             f"({library.n_views} views each), mode {params['mode']}")
     # decoys and embeddings are made once per library and saved back into it (only added, atomically)
@@ -67,8 +99,11 @@ SPEC = register(JobSpec(
             "confidence, 'unknown' for classes that match nothing",
     inputs=(Input("classes", "classes", "2D class averages (Class2D, cryoSPARC classes or a bare .mrcs)"),),
     params=(
-        Param("library", Path, None, "map library (.npz) from: cryolens library build", file_kind="library",
-              required=True),
+        Param("library", Path, None, "map library (.npz) from: cryolens library build, or a library.npz an "
+              "earlier identify job built", file_kind="library", unset="build one from maps"),
+        Param("maps", str, "", "a folder of maps (.mrc/.map; or .cif/.pdb models), or maps separated by commas: a "
+              "library is built from them for this run (names: the file names)", metavar="FOLDER",
+              unset="use library"),
         Param("model", Path, None, "identity model (.pt) from: cryolens train identify", file_kind="identity_model",
               unset="the model shipped with cryolens", only_with=("mode", ("embedding", "combined"))),
         Param("mode", str, "combined", "embedding (fastest), correlation (NCC baseline) or combined "

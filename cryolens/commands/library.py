@@ -16,6 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
+from cryolens.core.identify.library import DEFAULT_BOX, DEFAULT_PIXEL_SIZE, DEFAULT_RESOLUTION_A, DEFAULT_VIEWS
 from cryolens.core.jobs.base import Param
 from cryolens.core.jobs.flags import add_options
 
@@ -23,10 +24,10 @@ from cryolens.core.jobs.flags import add_options
 # a new library's geometry; the ranges are checked before anything is read or rendered
 BUILD_OPTIONS = (
     Param("phantoms", int, 0, "add this many cryolens phantom proteins", min=0),
-    Param("box", int, 64, "reference box, px (new library)", min=8),
-    Param("pixel_size", float, 3.0, "reference pixel size, A (new library)", min=0, min_exclusive=True),
-    Param("resolution", float, 15.0, "references low-passed to this, A", min=0),
-    Param("views", int, 200, "projections per map over the sphere", min=1),
+    Param("box", int, DEFAULT_BOX, "reference box, px (new library)", min=8),
+    Param("pixel_size", float, DEFAULT_PIXEL_SIZE, "reference pixel size, A (new library)", min=0, min_exclusive=True),
+    Param("resolution", float, DEFAULT_RESOLUTION_A, "references low-passed to this, A", min=0),
+    Param("views", int, DEFAULT_VIEWS, "projections per map over the sphere", min=1),
 )
 
 
@@ -48,7 +49,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from cryolens.core.errors import CryolensError, InputError
-    from cryolens.core.identify.library import Library
+    from cryolens.core.identify.library import Library, add_sources
 
     path = Path(args.library)
     if args.library_command == "info":
@@ -68,16 +69,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         lib = Library(args.box, args.pixel_size, args.resolution, args.views)
     t0, n0 = time.perf_counter(), len(lib)
-    for kind, src, name, acc in sources:
-        if kind == "map":
-            lib.add_map_file(src, name=name, accession=acc, device=args.device)
-        else:
-            from cryolens.core.maps import from_atomic_model
-
-            ph = from_atomic_model(src, lib.box, lib.pixel_size)
-            lib.check_fits(ph.max_radius_A, name or Path(src).stem, src)
-            lib.add_volume(ph.density, name or Path(src).stem, acc, str(src), ph.provenance, device=args.device)
-        print(f"  + {lib.entries['name'].iloc[-1]}")
+    add_sources(lib, sources, device=args.device, log=print)
     if args.phantoms:
         from cryolens.core.simulate.proteins import phantom_library
 
@@ -103,6 +95,8 @@ def _sources(args) -> list[tuple[str, str, str | None, str]]:
 
     from cryolens.core.errors import InputError
 
+    from cryolens.core.identify.library import source_kind
+
     out = [("map", m, None, "") for m in args.maps] + [("model", m, None, "") for m in args.models]
     if args.csv:
         csv = Path(args.csv)
@@ -117,6 +111,5 @@ def _sources(args) -> list[tuple[str, str, str | None, str]]:
             p = p if p.is_absolute() else csv.parent / p
             if not p.exists():
                 raise InputError(f"map listed in the CSV not found: {p}", csv)
-            kind = "model" if p.suffix.lower() in (".cif", ".pdb", ".ent", ".mmcif") else "map"
-            out.append((kind, str(p), r.get("name") or None, r.get("accession", "")))
+            out.append((source_kind(p), str(p), r.get("name") or None, r.get("accession", "")))
     return out
