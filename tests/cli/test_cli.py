@@ -179,7 +179,8 @@ def test_help_for_run_and_for_a_job(capsys):
     assert exc.value.code == 0
     assert "--top-k N" in text and "--top_k" not in text and "PARAM__" not in text
     assert "{embedding,correlation,combined}" in text and "--gallery [yes|no]" in text
-    assert "(required)" in text and "(default: from the file)" in text and "(default '')" not in text
+    assert "(default: build one from maps)" in " ".join(text.split()) and "(default: from the file)" in text and "(default '')" not in text
+    assert "--min-conf X" in text and "min-confidence" not in text and "min_confidence" not in text  # old name: hidden
 
 
 def test_both_spellings_of_a_parameter(example, tmp_path):
