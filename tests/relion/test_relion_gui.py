@@ -62,7 +62,7 @@ def test_empty_yes_no_is_the_default_and_inapplicable_parameters_are_logged():
     assert not any("threshold  = 0.6" in line and "IGNORED" in line for line in p.report)
 
 
-def test_identify_without_a_library_says_exactly_what_to_do(tmp_path, monkeypatch):
+def test_identify_without_a_library_says_exactly_what_to_do(tmp_path, monkeypatch, capsys):
     import numpy as np
 
     from cryolens.core.mrc import write_stack
@@ -72,6 +72,8 @@ def test_identify_without_a_library_says_exactly_what_to_do(tmp_path, monkeypatc
     write_stack(tmp_path / "avg.mrcs", np.random.default_rng(0).normal(size=(2, 32, 32)).astype(np.float32), 4.0)
     assert main(["--job", "identify", "--o", "External/job001/", "--in_parts", "avg.mrcs"]) != 0
     assert (tmp_path / "External" / "job001" / "RELION_JOB_EXIT_FAILURE").exists()
+    err = capsys.readouterr().err
+    assert "set the parameter maps to a folder of your maps" in err and "cryolens library build" in err
 
 
 @need_pipeliner
