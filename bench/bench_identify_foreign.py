@@ -14,7 +14,8 @@ box and pixel size for all. Open set: ``--unknown-share`` of the proteins that h
 Per mode (``--modes``; correlation, brute-force NCC over every entry, is the classical rule beside
 the learned modes) and per run, with the model as shipped (``--model``): R@1 and R@5 of the known
 classes, the confidently-wrong rate over all classes (named with confidence >= ``--min-confidence``,
-the job's default, and wrong: a left-out protein named anything counts as wrong), the share of known
+the job's default, its best entry leading the next by at least the calibration's margin floor, and
+wrong: a left-out protein named anything counts as wrong), the share of known
 classes named right, known-vs-unknown AUROC of the confidence, seconds per class (the library's
 embedding is a one-off, reported apart).
 
@@ -83,6 +84,11 @@ def protein_maps(runs, corpus: Path) -> dict[str, Path]:
     return {k: v[1] for k, v in sorted(best.items())}
 
 
+def floor_of(model, mode: str) -> float:
+    """The margin floor the model's calibration set for ``mode`` (-inf: none)."""
+    return float(((model.meta or {}).get("min_margin") or {}).get(mode, -np.inf))
+
+
 def halves(proteins, seed: int) -> tuple[set, set]:
     first = draw_proteins(proteins, 0.5, seed)
     return first, set(proteins) - first
@@ -114,7 +120,7 @@ def figures(d: pd.DataFrame, min_conf: float) -> dict:
     out["R@1"] = float((d["rank"][known] <= 1).mean()) if known.any() else float("nan")
     out["R@5"] = float((d["rank"][known] <= 5).mean()) if known.any() else float("nan")
     for suf, col in (("", "confidence"), ("_after", "confidence_after")):
-        named = d[col].to_numpy() >= min_conf
+        named = d["named" + suf].to_numpy(bool)  # confident and above the calibration's margin floor
         right = d["top1"].to_numpy() == d["species"].to_numpy()
         out["confidently_wrong" + suf] = float((named & ~right).mean()) if len(d) else float("nan")
         out["confidently_wrong_n" + suf] = int((named & ~right).sum())
@@ -210,10 +216,12 @@ def main(argv=None) -> int:
             sec = (time.perf_counter() - t) / len(g)
             parts.append(es)
             s = np.where(np.isfinite(es.scores), es.scores, -np.inf)
-            conf = logistic(confidence_features(es), model.calibration[mode])
+            feats = confidence_features(es)
+            conf = logistic(feats, model.calibration[mode])
+            named = (conf >= args.min_confidence) & (feats[:, 2] >= floor_of(model, mode))
             for k, (_, q) in enumerate(g.iterrows()):
                 rows.append({**q.to_dict(), "mode": mode, "top1": names[int(np.argmax(s[k]))],
-                             "rank": rank_of_truth(s[k], names, q["species"]), "confidence": float(conf[k]),
+                             "rank": rank_of_truth(s[k], names, q["species"]), "confidence": float(conf[k]), "named": bool(named[k]),
                              "seconds_per_class": sec})
             log(f"{mode} {run}: {len(g)} classes, {sec:.2f} s per class")
         d = pd.DataFrame(rows)
@@ -221,6 +229,7 @@ def main(argv=None) -> int:
         q_all = torch.cat([prepared[run] for run in sorted(prepared)])
         # foreign calibration: fitted on one fold's proteins, applied to the other fold's classes
         d["confidence_after"] = np.nan
+        d["named_after"] = False
         calib[mode] = {}
         for fit, apply in (("A", "B"), ("B", "A")):
             sel = (d["fold"] == fit).to_numpy()
@@ -233,9 +242,13 @@ def main(argv=None) -> int:
             else:
                 rep = {"n_classes": 0}
             tgt = (d["fold"] == apply).to_numpy()
-            d.loc[tgt, "confidence_after"] = logistic(confidence_features(_rows(es_all, tgt)), m.calibration[mode])
+            feats = confidence_features(_rows(es_all, tgt))
+            conf = logistic(feats, m.calibration[mode])
+            d.loc[tgt, "confidence_after"] = conf
+            d.loc[tgt, "named_after"] = (conf >= args.min_confidence) & (feats[:, 2] >= floor_of(m, mode))
             calib[mode][f"fit_{fit}_apply_{apply}"] = {"weights": m.calibration[mode], "report": rep.get(mode, rep),
-                                                       "fit_classes": int(sel.sum()), "applied_to": int(tgt.sum())}
+                                                       "fit_classes": int(sel.sum()), "applied_to": int(tgt.sum()),
+                                                       "min_margin": floor_of(m, mode)}
         classes.append(d)
         per_mode[mode] = d
     # -- figures: per run, pooled, median and worst
