@@ -35,6 +35,7 @@ from ..nn.embed import run_batched
 from ..particles import ClassSet
 from .features import (IMAGE_FEATURES, ISOLATION_FEATURES, STAT_FEATURES, class_counts, image_features,
                             isolation_features, stat_features)
+from .image_rule import ImageRule
 from .rules import (MIN_PARTICLES, RULE_FEATURES, Domain, RuleModel, apply_guard, blank_images, class_statistics,
                     rule_features)
 
@@ -181,6 +182,7 @@ class RankModel:
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     robust: RobustHead | None = None
+    image_rule: ImageRule | None = None  # the bare-stack score (``core.rank.image_rule``)
 
     # -- evidence and scores
     def image_evidence(self, images, batch: int = 64, device="cpu",
@@ -228,10 +230,14 @@ class RankModel:
         if self.robust is not None and mode == "stats":
             sc = self._robust_score(cs, ev, device)
         else:
-            logit = self.combine(ev, device)
-            cal = self.calibration.get(mode)
-            if self.robust is not None and self.robust.image_calibration and mode == "image":
-                cal = self.robust.image_calibration  # calibrated on RELION-made averages
+            if mode == "image" and self.image_rule is not None:  # within-stack monotone rule: holds across generators
+                logit = self.image_rule.logit(ev[:, N_STAT:N_STAT + len(IMAGE_FEATURES)])
+                cal = self.image_rule.calibration
+            else:
+                logit = self.combine(ev, device)
+                cal = self.calibration.get(mode)
+                if self.robust is not None and self.robust.image_calibration and mode == "image":
+                    cal = self.robust.image_calibration  # calibrated on RELION-made averages
             sc = Scores(apply_calibration(cal, logit), logit, ev, mode)
             if self.robust is not None:  # a bare stack: no rule to fall back on, but say so
                 why = self.robust.domain.check(domain_evidence(ev, rule_features(class_statistics(cs))),
@@ -278,7 +284,8 @@ class RankModel:
                 "image_config": self.image.config, "image_state": self.image.state_dict(),
                 "combiner_config": self.combiner.config, "combiner_state": self.combiner.state_dict(),
                 "calibration": self.calibration, "info": self.info,
-                **({"robust": self.robust.to_dict()} if self.robust is not None else {})}
+                **({"robust": self.robust.to_dict()} if self.robust is not None else {}),
+                **({"image_rule": self.image_rule.to_dict()} if self.image_rule is not None else {})}
 
     def save(self, path: str | os.PathLike) -> Path:
         """A ``.pt`` of plain tensors and dicts (format ``cryolens.rank``, ``core.artifacts``)."""
@@ -304,4 +311,9 @@ class RankModel:
         comb = Combiner(**st["combiner_config"])
         comb.load_state_dict(st["combiner_state"])
         robust = RobustHead.from_dict(st["robust"]) if st.get("robust") else None
-        return cls(image.eval(), comb.eval(), dict(st.get("calibration") or {}), dict(st.get("info") or {}), robust)
+        try:
+            rule = ImageRule.from_dict(st["image_rule"]) if st.get("image_rule") else None
+        except ValueError as err:
+            raise InputError(str(err), path) from None
+        return cls(image.eval(), comb.eval(), dict(st.get("calibration") or {}), dict(st.get("info") or {}), robust,
+                   rule)

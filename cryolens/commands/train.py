@@ -144,6 +144,10 @@ def _rank_args(p: argparse.ArgumentParser) -> None:
                    help="make --model (default: the shipped one) monotone in the class statistics (weights against "
                         "more particles, finer resolution or better accuracy set to 0) and recalibrate it on the "
                         "recipe's calibration data sets; networks unchanged")
+    g.add_argument("--image-rule", action="store_true",
+                   help="fit --model's bare-stack score (a monotone rule on image features within each stack, "
+                        "core.rank.image_rule) on the recipe's synthetic training sets, calibrated on its calibration "
+                        "sets; everything else unchanged")
     r = p.add_argument_group("the robust head (rule, guard, training domain) from the foreign-generator corpus")
     r.add_argument("--robust-from", metavar="DIR",
                    help="fit the model's robust head on the Class2D runs of bench/corpus.py in DIR (networks unchanged)")
@@ -217,6 +221,8 @@ def train_rank(args: argparse.Namespace) -> int:
         return fit_robust(args)
     if args.monotone:
         return make_monotone(args)
+    if args.image_rule:
+        return fit_image_rule(args)
     t0 = time.perf_counter()
     sets = _user_sets(args)
     base = RankModel.load(args.model or None)
@@ -248,6 +254,31 @@ def fit_robust(args: argparse.Namespace) -> int:
     model.info["robust_command"] = "cryolens " + " ".join(getattr(args, "argv", sys.argv[1:]))
     model.save(args.out)
     print(f"wrote {args.out}: robust head from {len(runs)} {args.robust_generator} runs")
+    return 0
+
+
+def fit_image_rule(args: argparse.Namespace) -> int:
+    """``--image-rule``: the bare-stack score of ``--model`` fitted on the synthetic sets of the
+    recipe's two training groups, its calibration on the third (``build_training_sets``)."""
+    from cryolens.core.rank.features import image_features
+    from cryolens.core.rank.image_rule import ImageRule
+    from cryolens.core.rank.model import RankModel
+    from cryolens.recipes.rank_data import build_training_sets, default_cache
+
+    model = RankModel.load(args.model or None)
+    cache = Path(args.cache) if args.cache else default_cache()
+    a, b, c = build_training_sets(args.synthetic_sets, False, cache)
+
+    def table(sets):
+        return [(image_features(s.classes.images), s.labels) for s in sets]
+
+    model.image_rule = ImageRule.fit(table(a + b), table(c))
+    model.image_rule.trained_on.update(synthetic_sets=args.synthetic_sets, calibration_sets=len(c))
+    model.info = dict(model.info, image_rule_command="cryolens " + " ".join(getattr(args, "argv", sys.argv[1:])))
+    model.save(args.out)
+    r = model.image_rule
+    print(f"wrote {args.out}: bare-stack image rule on {r.trained_on['sets']} sets ({r.trained_on['classes']} classes): "
+          + ", ".join(f"{f} {w:+.2f}" for f, w in zip(r.features, r.weights)))
     return 0
 
 
