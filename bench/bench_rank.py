@@ -16,7 +16,7 @@ Reported for cryolens and, in the same run on the same classes, baselines:
   of the within-data-set percentile ranks; as a selection, keep classes with resolution within 2x
   of the data set's best and at least a quarter of the median count (ESS <= 2 where known);
 * ``ranker_features_lr``: logistic regression on RELION-class-ranker-style features (statistics +
-  image moments/shape/spectrum, ``core.rank_features``), fitted on training data sets.
+  image moments/shape/spectrum, ``core.rank.features``), fitted on training data sets.
 Metrics: AUROC and AUPRC over all held-out classes (pooled) and the per-data-set median AUROC;
 precision and recall of good particles (members of good classes) at the ``auto`` cut and at 0.5;
 expected calibration error (10 bins); bare-stack mode (images only) for cryolens; classes/s on CPU.
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.core.jobs.rank import auto_threshold
+from cryolens.core.rank.threshold import auto_threshold
 from cryolens.core.rank.features import class_counts, image_features, stat_features
 from cryolens.core.calibration import auroc, expected_calibration_error
 from cryolens.core.rank import RankModel
