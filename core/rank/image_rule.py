@@ -13,6 +13,10 @@ direction is the same in most training data sets (chosen on the training sets on
 logistic whose weights are bound to those directions (``calibration.fit_logistic`` with signs), so
 that no feature can be used against the direction it showed in training. A Platt calibration on
 other data sets turns the logit into a probability.
+
+With class statistics the same rule is stacked with the statistics model's logit (non-negative
+weights, ``fit_stack``): the images then add what the statistics miss without being able to
+reverse them, and the score stays monotone in particle count, resolution and accuracy.
 """
 from __future__ import annotations
 
@@ -47,6 +51,10 @@ class ImageRule:
     bias: float = 0.0
     calibration: dict[str, Any] | None = None  # Platt on held-apart data sets
     trained_on: dict[str, Any] = field(default_factory=dict)
+    # with class statistics: logit = b + w_model * combiner logit + w_rule * rule logit, w >= 0
+    # (monotone in the statistics because the combiner is), and its own Platt calibration
+    stack: list[float] | None = None
+    stack_calibration: dict[str, Any] | None = None
 
     def _columns(self, image_features: np.ndarray) -> np.ndarray:
         idx = [IMAGE_FEATURES.index(f) for f in self.features]
@@ -57,6 +65,20 @@ class ImageRule:
         if not len(image_features):
             return np.zeros(0)
         return self.bias + self._columns(image_features) @ np.asarray(self.weights)
+
+    def stacked(self, model_logit: np.ndarray, image_features: np.ndarray) -> np.ndarray:
+        b, w_model, w_rule = self.stack
+        return b + w_model * np.asarray(model_logit, np.float64) + w_rule * self.logit(image_features)
+
+    def fit_stack(self, sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                  calibration_sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """The stack with the statistics model, from (combiner logits, image features, labels) per
+        data set: weights bound to be >= 0 (``fit_logistic`` with signs), Platt on ``calibration_sets``."""
+        X = np.concatenate([np.stack([m, self.logit(x)], 1) for m, x, _ in sets])
+        Y = np.concatenate([np.asarray(y, np.int64) for _, _, y in sets])
+        self.stack = [float(v) for v in fit_logistic(X, Y, signs=(1, 1))]
+        self.stack_calibration = fit_platt(np.concatenate([self.stacked(m, x) for m, x, _ in calibration_sets]),
+                                           np.concatenate([np.asarray(y, np.int64) for _, _, y in calibration_sets]))
 
     @classmethod
     def fit(cls, sets: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -92,7 +114,8 @@ class ImageRule:
 
     def to_dict(self) -> dict[str, Any]:
         return {"features": self.features, "signs": self.signs, "weights": self.weights, "bias": self.bias,
-                "calibration": self.calibration, "trained_on": self.trained_on}
+                "calibration": self.calibration, "trained_on": self.trained_on, "stack": self.stack,
+                "stack_calibration": self.stack_calibration}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ImageRule":
@@ -100,4 +123,5 @@ class ImageRule:
         if unknown:
             raise ValueError(f"the image rule uses features this cryolens does not compute: {sorted(unknown)}")
         return cls(list(d["features"]), [float(s) for s in d["signs"]], [float(w) for w in d["weights"]],
-                   float(d["bias"]), d.get("calibration"), dict(d.get("trained_on") or {}))
+                   float(d["bias"]), d.get("calibration"), dict(d.get("trained_on") or {}),
+                   [float(v) for v in d["stack"]] if d.get("stack") else None, d.get("stack_calibration"))

@@ -230,9 +230,13 @@ class RankModel:
         if self.robust is not None and mode == "stats":
             sc = self._robust_score(cs, ev, device)
         else:
-            if mode == "image" and self.image_rule is not None:  # within-stack monotone rule: holds across generators
-                logit = self.image_rule.logit(ev[:, N_STAT:N_STAT + len(IMAGE_FEATURES)])
-                cal = self.image_rule.calibration
+            rule = self.image_rule
+            if mode == "image" and rule is not None:  # within-stack monotone rule: holds across generators
+                logit = rule.logit(ev[:, N_STAT:N_STAT + len(IMAGE_FEATURES)])
+                cal = rule.calibration
+            elif rule is not None and rule.stack is not None:  # statistics: the combiner and the rule, stacked
+                logit = rule.stacked(self.combine(ev, device), ev[:, N_STAT:N_STAT + len(IMAGE_FEATURES)])
+                cal = rule.stack_calibration
             else:
                 logit = self.combine(ev, device)
                 cal = self.calibration.get(mode)

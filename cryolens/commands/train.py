@@ -260,9 +260,9 @@ def fit_robust(args: argparse.Namespace) -> int:
 def fit_image_rule(args: argparse.Namespace) -> int:
     """``--image-rule``: the bare-stack score of ``--model`` fitted on the synthetic sets of the
     recipe's two training groups, its calibration on the third (``build_training_sets``)."""
-    from cryolens.core.rank.features import image_features
+    from cryolens.core.rank.features import IMAGE_FEATURES, image_features
     from cryolens.core.rank.image_rule import ImageRule
-    from cryolens.core.rank.model import RankModel
+    from cryolens.core.rank.model import N_STAT, RankModel
     from cryolens.recipes.rank_data import build_training_sets, default_cache
 
     model = RankModel.load(args.model or None)
@@ -273,12 +273,22 @@ def fit_image_rule(args: argparse.Namespace) -> int:
         return [(image_features(s.classes.images), s.labels) for s in sets]
 
     model.image_rule = ImageRule.fit(table(a + b), table(c))
+
+    def with_logits(sets):
+        out = []
+        for s in sets:
+            ev = model.evidence(s.classes, device=args.device)
+            out.append((model.combine(ev, args.device), ev[:, N_STAT:N_STAT + len(IMAGE_FEATURES)], s.labels))
+        return out
+
+    model.image_rule.fit_stack(with_logits(a + b), with_logits(c))
     model.image_rule.trained_on.update(synthetic_sets=args.synthetic_sets, calibration_sets=len(c))
     model.info = dict(model.info, image_rule_command="cryolens " + " ".join(getattr(args, "argv", sys.argv[1:])))
     model.save(args.out)
     r = model.image_rule
     print(f"wrote {args.out}: bare-stack image rule on {r.trained_on['sets']} sets ({r.trained_on['classes']} classes): "
-          + ", ".join(f"{f} {w:+.2f}" for f, w in zip(r.features, r.weights)))
+          + ", ".join(f"{f} {w:+.2f}" for f, w in zip(r.features, r.weights))
+          + f"; with statistics: bias {r.stack[0]:+.2f}, model {r.stack[1]:.2f}, rule {r.stack[2]:.2f}")
     return 0
 
 

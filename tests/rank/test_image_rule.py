@@ -80,3 +80,26 @@ def test_a_bare_stack_is_scored_by_the_shipped_image_rule_and_it_survives_a_roun
     back = RankModel.load(path)
     assert back.image_rule.to_dict() == model.image_rule.to_dict()
     np.testing.assert_allclose(back.score(bare).probability, sc.probability)
+
+
+def test_the_shipped_model_with_statistics_stays_monotone_with_the_images_stacked():
+    """The image rule is stacked with the statistics model (non-negative weights): more particles,
+    a finer resolution and a better accuracy still never lower a class's score."""
+    from cryolens.core.rank import RankModel
+
+    model = RankModel.load()
+    assert model.image_rule.stack is not None and min(model.image_rule.stack[1:]) >= 0
+    rng = np.random.default_rng(7)
+    k = 12
+    table = pd.DataFrame({"class_id": np.arange(1, k + 1), "n_particles": rng.integers(5, 500, k).astype(float),
+                          "resolution": rng.uniform(12, 60, k), "acc_rot": rng.uniform(2, 20, k)})
+    images = rng.standard_normal((k, 40, 40)).astype(np.float32)
+    images[:6, 14:26, 14:26] += 2.0
+    cs = ClassSet(table, images, 3.0, None, "monotone test")
+    base = model.score(cs).probability
+    for col, step in (("n_particles", 50.0), ("resolution", -3.0), ("acc_rot", -2.0)):
+        for i in range(k):
+            t = table.copy()
+            t.loc[i, col] += step
+            p = model.score(ClassSet(t, images, 3.0)).probability
+            assert p[i] >= base[i] - 1e-9, (col, i, p[i], base[i])
