@@ -309,7 +309,7 @@ def test_job_as_a_relion_external_job_on_class2d(relion_class2d, proteins, tmp_p
         "param2_label": "top_k", "param2_value": "2", "nr_threads": "1"})
     assert status == 2, (job_dir / "run.err").read_text()
     table = read_blocks(job_dir / "identities.star")["identities"]
-    assert table["class_id"].tolist() == [1, 2, 3, 4]
+    assert table["rlnClassNumber"].tolist() == [1, 2, 3, 4]
     assert set(table["identity"]) <= {"protA", "unknown"} and (table["identity"] == "protA").any()
     nodes = pipeline_nodes(proj)
     rel = job_dir.relative_to(proj)
