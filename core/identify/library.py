@@ -217,7 +217,7 @@ def map_sources(spec: str | os.PathLike) -> list[tuple[str, str, str | None, str
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in MAP_SUFFIXES + MODEL_SUFFIXES)
             if not found:
-                raise InputError(f"no maps (.mrc/.map) or models (.cif/.pdb) in the folder", path)
+                raise InputError("no maps (.mrc/.map) or models (.cif/.pdb) in the folder", path)
             out += [(source_kind(p), str(p), None, "") for p in found]
         elif path.is_file():
             out.append((source_kind(path), str(path), None, ""))

@@ -20,7 +20,6 @@ import mrcfile
 import numpy as np
 import pytest
 
-from conftest import REPO
 from cryolens.core import signals
 from cryolens.core.atomic import MANIFEST, atomic_write_text, clear_outputs, staged
 from cryolens.core.errors import CryolensError, ExitCode, Interrupted, JobAborted, exit_code, user_error
