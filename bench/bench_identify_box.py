@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_identify_foreign import PHANTOM_SEED, log, protein_maps, queries_of, rank_of_truth  # noqa: E402
+from bench_identify_foreign import (PHANTOM_SEED, add_entries, fitting_maps, log, prepared_by_run,  # noqa: E402
+                                    queries_of, rank_of_truth)
 from protocol import emit, load_corpus  # noqa: E402
 
 
@@ -75,30 +76,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from cryolens.core.errors import InputError
-    from cryolens.core.identify import Library, prepare_queries
-    from cryolens.core.maps import from_map
-    from cryolens.core.simulate.proteins import phantom_library
+    from cryolens.core.identify import Library
 
     t0 = time.perf_counter()
     runs = [r for r in load_corpus(args.corpus) if r.generator == "relion_project"]
     queries = queries_of(runs, 0.7, 20)
     lib = Library(96, 5.0, 15.0, 200)
-    for name, path in protein_maps(runs, args.corpus).items():
-        ph = from_map(path, 96, 5.0, name=name)
-        try:
-            lib.check_fits(ph.provenance.get("extent_A"), name, path)
-        except InputError as err:
-            log(f"skipped {name}: {err}")
-            continue
-        lib.add_volume(ph.density, name, source=str(path), provenance=ph.provenance)
-    for ph in phantom_library(args.phantoms, seed=PHANTOM_SEED, box=96, pixel_size=5.0):
-        lib.add_volume(ph.density, ph.name, source="phantom", provenance=ph.provenance)
+    maps, _ = fitting_maps(runs, args.corpus, lib)
+    add_entries(lib, maps, (), args.phantoms, PHANTOM_SEED)
     names = lib.entries["name"].astype(str).to_numpy()
     queries = queries[queries["species"].isin(list(names))].reset_index(drop=True)
-    q = torch.cat([prepare_queries(runs[int(g["run_index"].iloc[0])].classes.images[g["row"].to_numpy()],
-                                   runs[int(g["run_index"].iloc[0])].classes.pixel_size, lib)
-                   for _, g in queries.groupby("run", sort=True)])
+    prepared = prepared_by_run(queries, runs, lib)
+    q = torch.cat([prepared[run] for run in sorted(prepared)])
     truth = np.concatenate([g["species"].to_numpy(str) for _, g in queries.groupby("run", sort=True)])
     refs = torch.as_tensor(np.asarray(lib.references, np.float32))
     ent = lib.entry_of_reference()

@@ -84,9 +84,44 @@ def protein_maps(runs, corpus: Path) -> dict[str, Path]:
     return {k: v[1] for k, v in sorted(best.items())}
 
 
-def floor_of(model, mode: str) -> float:
-    """The margin floor the model's calibration set for ``mode`` (-inf: none)."""
-    return float(((model.meta or {}).get("min_margin") or {}).get(mode, -np.inf))
+def fitting_maps(runs, corpus: Path, lib) -> tuple[dict, dict]:
+    """The corpus proteins' maps (``protein_maps``) at the library's sampling: {name: (phantom, path)}
+    for those the library's mask holds, {name: reason} for the others (logged)."""
+    from cryolens.core.errors import InputError
+    from cryolens.core.maps import from_map
+
+    maps, skipped = {}, {}
+    for name, path in protein_maps(runs, corpus).items():
+        ph = from_map(path, lib.box, lib.pixel_size, name=name)
+        try:
+            lib.check_fits(ph.provenance.get("extent_A"), name, path)
+            maps[name] = (ph, path)
+        except InputError as err:
+            skipped[name] = str(err)
+            log(f"skipped {name}: {err}")
+    return maps, skipped
+
+
+def add_entries(lib, maps: dict, left_out, phantoms: int, phantom_seed: int) -> None:
+    """The maps not left out, then ``phantoms`` distractor phantoms of ``phantom_seed``."""
+    from cryolens.core.simulate.proteins import phantom_library
+
+    for name, (ph, path) in maps.items():
+        if name not in left_out:
+            lib.add_volume(ph.density, name, source=str(path), provenance=ph.provenance)
+    for ph in phantom_library(phantoms, seed=phantom_seed, box=lib.box, pixel_size=lib.pixel_size):
+        lib.add_volume(ph.density, ph.name, source="phantom", provenance=ph.provenance)
+
+
+def prepared_by_run(queries: pd.DataFrame, runs, lib) -> dict:
+    """{run name: its query classes prepared for ``lib``} (each run has its own box and pixel size)."""
+    from cryolens.core.identify import prepare_queries
+
+    out = {}
+    for run, g in queries.groupby("run", sort=True):
+        r = runs[int(g["run_index"].iloc[0])]
+        out[run] = prepare_queries(r.classes.images[g["row"].to_numpy()], r.classes.pixel_size, lib)
+    return out
 
 
 def halves(proteins, seed: int) -> tuple[set, set]:
@@ -150,12 +185,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from cryolens.core.errors import InputError
-    from cryolens.core.identify import (IdentityModel, Library, confidence_features, prepare_library,
-                                        prepare_queries, score_entries)
+    from cryolens.core.identify import IdentityModel, Library, confidence_features, prepare_library, score_entries
+    from cryolens.core.identify.score import min_margin
     from cryolens.core.identify.train import calibrate_on_classes
-    from cryolens.core.maps import from_map
-    from cryolens.core.simulate.proteins import phantom_library
 
     t0 = time.perf_counter()
     all_runs = load_corpus(args.corpus)
@@ -164,15 +196,7 @@ def main(argv=None) -> int:
     queries = queries_of(runs, args.min_purity, args.min_particles)
     # -- library: the corpus proteins' maps (those that fit), minus the left-out ones, + phantoms
     lib = Library(args.box, args.pixel_size, args.resolution, args.views)
-    maps, skipped = {}, {}
-    for name, path in protein_maps(runs, args.corpus).items():
-        ph = from_map(path, args.box, args.pixel_size, name=name)
-        try:
-            lib.check_fits(ph.provenance.get("extent_A"), name, path)
-            maps[name] = (ph, path)
-        except InputError as err:
-            skipped[name] = str(err)
-            log(f"skipped {name}: {err}")
+    maps, skipped = fitting_maps(runs, args.corpus, lib)
     queries = queries[queries["species"].isin(list(maps))].reset_index(drop=True)
     with_queries = sorted(set(queries["species"]))
     n_out = int(round(args.unknown_share * len(with_queries)))
@@ -189,11 +213,7 @@ def main(argv=None) -> int:
     log(f"{len(queries)} query classes of {len(with_queries)} proteins in {queries['run'].nunique()} runs; "
         f"left out of the library: {sorted(left_out)}")
     t = time.perf_counter()
-    for name, (ph, path) in maps.items():
-        if name not in left_out:
-            lib.add_volume(ph.density, name, source=str(path), provenance=ph.provenance)
-    for ph in phantom_library(args.phantoms, seed=args.phantom_seed, box=args.box, pixel_size=args.pixel_size):
-        lib.add_volume(ph.density, ph.name, source="phantom", provenance=ph.provenance)
+    add_entries(lib, maps, left_out, args.phantoms, args.phantom_seed)
     t_lib = time.perf_counter() - t
     model = IdentityModel.load(args.model)
     t = time.perf_counter()
@@ -203,10 +223,7 @@ def main(argv=None) -> int:
         f"(rendered {t_lib:.0f} s, decoys and embeddings {t_prep:.0f} s)")
     names = lib.entries["name"].astype(str).to_numpy()
     # -- queries, prepared per run (each run has its own box and pixel size)
-    prepared = {}
-    for run, g in queries.groupby("run", sort=True):
-        r = runs[int(g["run_index"].iloc[0])]
-        prepared[run] = prepare_queries(r.classes.images[g["row"].to_numpy()], r.classes.pixel_size, lib)
+    prepared = prepared_by_run(queries, runs, lib)
     classes, per_mode, calib = [], {}, {}
     for mode in args.modes if len(queries) else []:
         parts, rows = [], []
@@ -218,7 +235,7 @@ def main(argv=None) -> int:
             s = np.where(np.isfinite(es.scores), es.scores, -np.inf)
             feats = confidence_features(es)
             conf = logistic(feats, model.calibration[mode])
-            named = (conf >= args.min_confidence) & (feats[:, 2] >= floor_of(model, mode))
+            named = (conf >= args.min_confidence) & (feats[:, 2] >= min_margin(model, mode))
             for k, (_, q) in enumerate(g.iterrows()):
                 rows.append({**q.to_dict(), "mode": mode, "top1": names[int(np.argmax(s[k]))],
                              "rank": rank_of_truth(s[k], names, q["species"]), "confidence": float(conf[k]), "named": bool(named[k]),
@@ -245,10 +262,10 @@ def main(argv=None) -> int:
             feats = confidence_features(_rows(es_all, tgt))
             conf = logistic(feats, m.calibration[mode])
             d.loc[tgt, "confidence_after"] = conf
-            d.loc[tgt, "named_after"] = (conf >= args.min_confidence) & (feats[:, 2] >= floor_of(m, mode))
+            d.loc[tgt, "named_after"] = (conf >= args.min_confidence) & (feats[:, 2] >= min_margin(m, mode))
             calib[mode][f"fit_{fit}_apply_{apply}"] = {"weights": m.calibration[mode], "report": rep.get(mode, rep),
                                                        "fit_classes": int(sel.sum()), "applied_to": int(tgt.sum()),
-                                                       "min_margin": floor_of(m, mode)}
+                                                       "min_margin": min_margin(m, mode)}
         classes.append(d)
         per_mode[mode] = d
     # -- figures: per run, pooled, median and worst

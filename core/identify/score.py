@@ -185,6 +185,13 @@ def margin_floor(margin: np.ndarray, named: np.ndarray, correct: np.ndarray, max
     return float(m[order[good[-1]]])
 
 
+def min_margin(model: IdentityModel | None, mode: str) -> float:
+    """The margin floor the model's calibration set for ``mode`` (-inf: none fitted, or no model)."""
+    if model is None:
+        return -np.inf
+    return float(((model.meta or {}).get("min_margin") or {}).get(mode, -np.inf))
+
+
 def confidence_features(es: EntryScores) -> np.ndarray:
     """(Q, 3): best entry score, its z-score against the decoys, margin over the best competitor."""
     s = np.where(np.isfinite(es.scores), es.scores, -np.inf)
@@ -221,7 +228,7 @@ def identify(images, pixel_size: float | None, library: Library, model: Identity
     if weights is None:
         raise CryolensError(f"the identity model has no calibration for mode {mode!r}")
     conf = logistic(feats, weights)
-    floor = float(((model.meta or {}).get("min_margin") or {}).get(mode, -np.inf)) if model is not None else -np.inf
+    floor = min_margin(model, mode)
     ambiguous = (conf >= min_confidence) & (feats[:, 2] < floor)
     if ambiguous.any() and log:
         log(f"{int(ambiguous.sum())} classes left unknown although confident: their best entry leads the next "

@@ -44,7 +44,7 @@ from ..simulate.classes import class_average_like
 from .decoys import build_decoys, prepare_library
 from .library import Library
 from .model import MODES, IdentityModel
-from .score import confidence_features, decoy_z, margin_floor, prepare_queries, score_entries
+from .score import confidence_features, decoy_z, margin_floor, min_margin, prepare_queries, score_entries
 
 
 @dataclass
@@ -255,8 +255,8 @@ def _fit_modes(model: IdentityModel, lib: Library, q: torch.Tensor, truth: np.nd
             conf = logistic(f, model.calibration[mode])
             r["mean_confidence_known"] = float(conf[known].mean()) if known.any() else float("nan")
             r["mean_confidence_unknown"] = float(conf[~known].mean()) if (~known).any() else float("nan")
-            floor = float(model.meta.get("min_margin", {}).get(mode, 0.0))
-            r["min_margin"] = floor
+            floor = min_margin(model, mode)
+            r["min_margin"] = floor if np.isfinite(floor) else None
             if min_each:  # on the fitting classes themselves: named (>= min_confidence, margin >= floor) and wrong
                 r["confidently_wrong"] = float(((conf >= min_confidence) & (f[:, 2] >= floor) & ~correct).mean())
                 if before is not None:

@@ -107,7 +107,7 @@ class ImageRule:
         w = fit_logistic(Z, Y, l2=l2, signs=tuple(signs))
         rule = cls(chosen, signs, [float(v) for v in w[1:]], float(w[0]),
                    trained_on={"sets": len(per_set), "classes": int(len(Y)), "good": int(Y.sum())})
-        cal = [(x, y) for x, y in (calibration_sets or sets)]
+        cal = calibration_sets or sets
         rule.calibration = fit_platt(np.concatenate([rule.logit(x) for x, _ in cal]),
                                      np.concatenate([np.asarray(y, np.int64) for _, y in cal]))
         return rule
