@@ -11,8 +11,9 @@ the output) plus ``--phantoms`` cryolens phantoms as distractors (a seed no trai
 box and pixel size for all. Open set: ``--unknown-share`` of the proteins that have queries
 (drawn by protein, seeded) is left out of the library, so their classes must come back "unknown".
 
-Per mode (``--modes``; correlation, brute-force NCC over every entry, is the classical rule beside
-the learned modes) and per run, with the model as shipped (``--model``): R@1 and R@5 of the known
+Per scorer (``--modes``: the job's modes with its default fast search, and
+``correlation_exhaustive``, brute-force NCC over every reference, the classical rule beside them)
+and per run, with the model as shipped (``--model``): R@1 and R@5 of the known
 classes, the confidently-wrong rate over all classes (named with confidence >= ``--min-confidence``,
 the job's default, its best entry leading the next by at least the calibration's margin floor, and
 wrong: a left-out protein named anything counts as wrong), the share of known
@@ -45,9 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import draw_proteins, emit, load_corpus, summarise  # noqa: E402
 
 from cryolens.core.calibration import auroc, logistic  # noqa: E402
-from cryolens.core.identify import MODES  # noqa: E402
 
 PHANTOM_SEED = 8_800_001  # distractors: a seed no training recipe, decoy set or corpus run draws
+SCORERS = {"embedding": ("embedding", "fast"), "correlation": ("correlation", "fast"),
+           "combined": ("combined", "fast"), "correlation_exhaustive": ("correlation", "exhaustive")}
 METRICS = {"R@1": False, "R@5": False, "confidently_wrong": True, "confidently_wrong_after": True,
            "named_right": False, "named_right_after": False, "auroc": False, "auroc_after": False,
            "seconds_per_class": True}
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, default=Path.home() / ".cache" / "cryolens" / "corpus")
     ap.add_argument("--model", help="identity model (default: the shipped one)")
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--modes", nargs="+", default=list(SCORERS), choices=list(SCORERS))
     ap.add_argument("--phantoms", type=int, default=100, help="distractor phantoms in the library (default 100)")
     ap.add_argument("--phantom-seed", type=int, default=PHANTOM_SEED)
     ap.add_argument("--box", type=int, default=96, help="library box, px (default 96)")
@@ -217,7 +219,7 @@ def main(argv=None) -> int:
     t_lib = time.perf_counter() - t
     model = IdentityModel.load(args.model)
     t = time.perf_counter()
-    prepare_library(lib, model if any(m != "correlation" for m in args.modes) else None, log=log)
+    prepare_library(lib, model if any(SCORERS[m][0] != "correlation" for m in args.modes) else None, log=log)
     t_prep = time.perf_counter() - t
     log(f"library: {len(lib)} entries x {lib.n_views} views at {lib.box} px x {lib.pixel_size} A "
         f"(rendered {t_lib:.0f} s, decoys and embeddings {t_prep:.0f} s)")
@@ -225,11 +227,12 @@ def main(argv=None) -> int:
     # -- queries, prepared per run (each run has its own box and pixel size)
     prepared = prepared_by_run(queries, runs, lib)
     classes, per_mode, calib = [], {}, {}
-    for mode in args.modes if len(queries) else []:
+    for scorer in args.modes if len(queries) else []:
+        mode, search = SCORERS[scorer]
         parts, rows = [], []
         for run, g in queries.groupby("run", sort=True):
             t = time.perf_counter()
-            es = score_entries(prepared[run], lib, mode, model)
+            es = score_entries(prepared[run], lib, mode, model, search=search)
             sec = (time.perf_counter() - t) / len(g)
             parts.append(es)
             s = np.where(np.isfinite(es.scores), es.scores, -np.inf)
@@ -237,17 +240,17 @@ def main(argv=None) -> int:
             conf = logistic(feats, model.calibration[mode])
             named = (conf >= args.min_confidence) & (feats[:, 2] >= min_margin(model, mode))
             for k, (_, q) in enumerate(g.iterrows()):
-                rows.append({**q.to_dict(), "mode": mode, "top1": names[int(np.argmax(s[k]))],
+                rows.append({**q.to_dict(), "mode": scorer, "top1": names[int(np.argmax(s[k]))],
                              "rank": rank_of_truth(s[k], names, q["species"]), "confidence": float(conf[k]), "named": bool(named[k]),
                              "seconds_per_class": sec})
-            log(f"{mode} {run}: {len(g)} classes, {sec:.2f} s per class")
+            log(f"{scorer} {run}: {len(g)} classes, {sec:.2f} s per class")
         d = pd.DataFrame(rows)
         es_all = concat_scores(parts)
         q_all = torch.cat([prepared[run] for run in sorted(prepared)])
         # foreign calibration: fitted on one fold's proteins, applied to the other fold's classes
         d["confidence_after"] = np.nan
         d["named_after"] = False
-        calib[mode] = {}
+        calib[scorer] = {}
         for fit, apply in (("A", "B"), ("B", "A")):
             sel = (d["fold"] == fit).to_numpy()
             m = IdentityModel(model.encoder, dict(model.calibration), copy.deepcopy(model.meta))
@@ -263,11 +266,11 @@ def main(argv=None) -> int:
             conf = logistic(feats, m.calibration[mode])
             d.loc[tgt, "confidence_after"] = conf
             d.loc[tgt, "named_after"] = (conf >= args.min_confidence) & (feats[:, 2] >= min_margin(m, mode))
-            calib[mode][f"fit_{fit}_apply_{apply}"] = {"weights": m.calibration[mode], "report": rep.get(mode, rep),
+            calib[scorer][f"fit_{fit}_apply_{apply}"] = {"weights": m.calibration[mode], "report": rep.get(mode, rep),
                                                        "fit_classes": int(sel.sum()), "applied_to": int(tgt.sum()),
                                                        "min_margin": min_margin(m, mode)}
         classes.append(d)
-        per_mode[mode] = d
+        per_mode[scorer] = d
     # -- figures: per run, pooled, median and worst
     per_run = []
     for mode, d in per_mode.items():

@@ -120,9 +120,21 @@ class Library:
         self.views = pd.concat([self.views, pd.DataFrame({"entry": entry, "rot": angles[:, 0], "tilt": angles[:, 1],
                                                           "psi": angles[:, 2]})], ignore_index=True)
         self.views["entry"] = self.views["entry"].astype(np.int64)
-        refs = refs.astype(np.float16)
-        self.references = refs if self.references is None else np.concatenate([self.references, refs])
+        self._append_references(refs.astype(np.float16))
         return entry
+
+    def _append_references(self, refs: np.ndarray) -> None:
+        """Append into a buffer that doubles when full, so building a library of n maps copies
+        O(n) references, not O(n^2); ``references`` stays a plain array (a view of the buffer)."""
+        cur, buf = self.references, getattr(self, "_ref_buffer", None)
+        n = 0 if cur is None else len(cur)
+        if buf is None or cur is None or cur.base is not buf or len(buf) < n + len(refs):
+            buf = np.empty((2 * (n + len(refs)),) + refs.shape[1:], np.float16)
+            if n:
+                buf[:n] = cur
+            self._ref_buffer = buf
+        buf[n:n + len(refs)] = refs
+        self.references = buf[:n + len(refs)]
 
     def add_map_file(self, path: str | os.PathLike, name: str | None = None, accession: str = "", device="cpu") -> int:
         """A user map (.mrc): resampled, recentred and masked by ``core.maps.from_map``."""

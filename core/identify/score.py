@@ -9,6 +9,10 @@ Three ways to score a class against every library entry (a map rendered at many 
   entry whose embedding score clears the model's calibrated bar, ``shortlist_entries``), NCC
   re-ranks them: NCC's answers for a fraction of its time.
 
+NCC is searched ``fast`` by default: polar rotational correlation (``core.polar``) ranks every
+reference first, and NCC runs on the best views of each class's best entries only
+(``score_entries``); ``exhaustive`` runs it on every reference.
+
 Confidence and "unknown". A class is compared in the same way with a fixed set of decoy proteins
 (phantoms made with a fixed seed at the library's sampling, never part of any library). From the
 best library score, the best competitor (second entry or best decoy) and the decoy scores' mean
@@ -28,6 +32,7 @@ import torch
 
 from ..calibration import logistic
 from ..correlate import ncc_search
+from ..polar import polar_coefficients, polar_correlation
 from ..errors import CryolensError
 from ..images import normalize_in_mask, resample_images, soft_circular_mask
 from ..index import EmbeddingIndex, group_max
@@ -64,42 +69,112 @@ class EntryScores:
     refs: np.ndarray | None = None  # (Q, R) per-reference scores, when asked for (kNN metrics)
 
 
+SPARSE = 0.05  # below this share of (query, reference) pairs wanted, each query is searched alone
+
+
 def _ncc_groups(q: torch.Tensor, refs: np.ndarray, groups: np.ndarray, n: int, library: Library,
                 n_psi: int, keep: list | None = None, need: np.ndarray | None = None,
                 should_stop: Callable[[], bool] | None = None,
                 max_pairs: int = 20_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Best NCC per (query, group) over the group's references, in blocks of queries so the
-    (queries, references) work arrays (~50 bytes a pair) stay under ``max_pairs`` pairs for large
-    libraries. ``need`` (Q, R) bool: only these pairs are searched (-inf elsewhere); ``keep``
-    receives the per-reference scores."""
-    block = int(np.clip(max_pairs // max(len(refs), 1), 1, 32))
-    refs_t = torch.from_numpy(np.ascontiguousarray(refs, np.float32))
-    groups_t = torch.from_numpy(np.array(groups, np.int64))
-    best, arg, psi, full = [], [], [], []
-    for start in range(0, len(q), block):
-        sl = slice(start, start + block)
-        m = ncc_search(q[sl], refs_t, n_psi=n_psi, max_shift_px=max(2, int(round(0.05 * library.box))),
-                       max_freq=min(0.5, library.pixel_size / library.resolution_A),
-                       need=None if need is None else torch.from_numpy(need[sl]), should_stop=should_stop)
-        if keep is not None:
-            full.append(m.score)
-        b, a = (t.numpy() for t in group_max(torch.from_numpy(np.ascontiguousarray(m.score, np.float32)), groups_t, n))
-        best.append(b)
-        arg.append(a)
-        psi.append(np.where(a >= 0, np.take_along_axis(m.psi, np.maximum(a, 0), 1), np.nan))
+    """Best NCC per (query, group) over the group's references. ``need`` (Q, R) bool: only these
+    pairs are searched (-inf elsewhere); when few are (the fast search's shortlist), each query is
+    searched against its own references gathered into one batch, since ``ncc_search`` pays for
+    every reference of a chunk that any query wants. Otherwise in blocks of queries, so that the
+    (queries, references) work arrays (~50 bytes a pair) stay under ``max_pairs`` pairs.
+    ``keep`` receives the per-reference scores."""
+    kw = dict(n_psi=n_psi, max_shift_px=max(2, int(round(0.05 * library.box))), max_freq=_max_freq(library),
+              should_stop=should_stop)
+    Q, R = len(q), len(refs)
+    score = np.full((Q, R), -np.inf, np.float32)
+    angle = np.zeros((Q, R), np.float32)
+    if need is not None and need.mean() < SPARSE:
+        for i in range(Q):
+            idx = np.flatnonzero(need[i])
+            if len(idx):
+                m = ncc_search(q[i:i + 1], torch.from_numpy(np.asarray(refs[idx], np.float32)), **kw)
+                score[i, idx], angle[i, idx] = m.score[0], m.psi[0]
+    else:
+        refs_t = torch.from_numpy(np.ascontiguousarray(refs, np.float32))
+        block = int(np.clip(max_pairs // max(R, 1), 1, 32))
+        for start in range(0, Q, block):
+            sl = slice(start, start + block)
+            m = ncc_search(q[sl], refs_t, need=None if need is None else torch.from_numpy(need[sl]), **kw)
+            score[sl], angle[sl] = m.score, m.psi
+    b, a = (t.numpy() for t in group_max(torch.from_numpy(score), torch.from_numpy(np.array(groups, np.int64)), n))
     if keep is not None:
-        keep.append(np.concatenate(full))
-    return np.concatenate(best), np.concatenate(arg), np.concatenate(psi)
+        keep.append(score)
+    return b, a, np.where(a >= 0, np.take_along_axis(angle, np.maximum(a, 0), 1), np.nan)
+
+
+SEARCHES = ("fast", "exhaustive")
+FAST_ENTRIES = 24  # fast search: entries per class that NCC searches (the best by polar correlation)
+FAST_VIEWS = 8  # ... and views per such entry
+
+
+def _max_freq(library: Library) -> float:
+    return min(0.5, library.pixel_size / library.resolution_A)
+
+
+def polar_refs(holder, references: np.ndarray, max_freq: float, should_stop=None) -> torch.Tensor:
+    """The polar coefficients of a library's (or its decoys') references, made once per object
+    and kept on it in memory (``core.polar``; not saved: they are cheaper to make than to read)."""
+    key = (len(references), round(float(max_freq), 6))
+    cached = getattr(holder, "_polar_cache", None)
+    if cached is None or cached[0] != key:
+        cached = (key, polar_coefficients(torch.from_numpy(np.asarray(references)), max_freq, should_stop=should_stop))
+        holder._polar_cache = cached
+    return cached[1]
+
+
+def polar_need(pq: torch.Tensor, pr: torch.Tensor, n_entries: int, n_views: int, n_keep: int,
+               allowed: np.ndarray | None = None, should_stop=None) -> tuple[np.ndarray, np.ndarray]:
+    """Which (query, reference) pairs the fast search gives to NCC: per query, the ``n_keep``
+    entries with the best polar correlation (among ``allowed`` (Q, E) when given: the embedding's
+    shortlist), and within each the ``FAST_VIEWS`` best views. References are ``n_entries`` blocks
+    of ``n_views`` consecutive views (how libraries and decoys are built). Returns (need (Q, R)
+    bool, best polar score per entry (Q, E))."""
+    c = polar_correlation(pq, pr, should_stop=should_stop).reshape(len(pq), n_entries, n_views)
+    best = c.amax(-1)
+    if allowed is not None:
+        best = best.masked_fill(~torch.from_numpy(np.asarray(allowed, bool)), -float("inf"))
+    k = min(n_keep, n_entries)
+    top = best.topk(k, dim=1).indices  # (Q, k)
+    views = c.gather(1, top[..., None].expand(-1, -1, n_views)).topk(min(FAST_VIEWS, n_views), dim=-1).indices
+    need = torch.zeros((len(pq), n_entries, n_views), dtype=torch.bool)
+    qi = torch.arange(len(pq))[:, None, None].expand_as(views)
+    need[qi, top[..., None].expand_as(views), views] = True
+    if allowed is not None:  # an entry off the allowed list is never searched, even to fill k
+        need &= torch.from_numpy(np.asarray(allowed, bool))[..., None]
+    return need.reshape(len(pq), -1).numpy(), best.numpy()
+
+
+def _blocks_of_views(groups: np.ndarray, n_groups: int) -> int | None:
+    """The views per entry when every entry's references are one consecutive block of the same
+    length (else None: the fast search then falls back to the exhaustive one)."""
+    if n_groups == 0 or len(groups) % n_groups:
+        return None
+    v = len(groups) // n_groups
+    return v if np.array_equal(groups, np.repeat(np.arange(n_groups), v)) else None
 
 
 def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined",
                   model: IdentityModel | None = None, shortlist: int = SHORTLIST, n_psi: int = 36,
                   log: Callable[[str], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, keep_refs: bool = False) -> EntryScores:
+                  should_stop: Callable[[], bool] | None = None, keep_refs: bool = False,
+                  search: str = "fast") -> EntryScores:
     """Score prepared queries (``prepare_queries``) against every entry, and against the library's
     decoys (``decoys.prepare_library`` puts them in; embeddings under another model than the
     library holds are made here, in memory). ``keep_refs``: also return every per-reference score
-    (-inf where not computed)."""
+    (-inf where not computed).
+
+    ``search`` (correlation and combined modes): ``exhaustive`` runs NCC on every reference (of
+    the shortlisted entries in combined mode); ``fast`` first ranks every reference by polar
+    rotational correlation (``core.polar``, no shifts: a few percent of NCC's time) and runs NCC
+    only on the ``FAST_VIEWS`` best views of each class's ``FAST_ENTRIES`` best entries, and of
+    every decoy. The scores are NCC's wherever NCC's best view is among those kept
+    (``bench/bench_identify_speed.py`` measures how often)."""
+    if search not in SEARCHES:
+        raise CryolensError(f"unknown search {search!r} (one of {', '.join(SEARCHES)})")
     if mode not in MODES:
         raise CryolensError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
     if mode != "correlation" and model is None:
@@ -124,19 +199,33 @@ def score_entries(queries: torch.Tensor, library: Library, mode: str = "combined
             full = (q_emb @ torch.from_numpy(lib_emb.astype(np.float32)).T).numpy() if keep_refs else None
             return EntryScores(emb_s, emb_arg, np.full((Q, E), np.nan), emb_d, full)
     refs = library.references
-    need = None
+    on_list = None
     if mode == "combined":  # NCC on each class's shortlist only, all classes in one batched pass
         top = shortlist_entries(emb_s, emb_d, shortlist, (model.meta or {}).get("shortlist_z"))
         if log:
-            log(f"combined: NCC on {np.mean([len(t) for t in top]):.1f} of {E} entries per class (mean)")
+            log(f"combined: {np.mean([len(t) for t in top]):.1f} of {E} entries per class on the embedding's "
+                f"shortlist (mean)")
         on_list = np.zeros((Q, E), bool)
         for i, t in enumerate(top):
             on_list[i, t] = True
-        need = on_list[:, ent]
+    need = None if on_list is None else on_list[:, ent]
+    d_need = None
+    v, dv = _blocks_of_views(ent, E), _blocks_of_views(dent, len(decoys))
+    if search == "fast" and v is not None and dv is not None:
+        mf = _max_freq(library)
+        pq = polar_coefficients(queries, mf)
+        need = polar_need(pq, polar_refs(library, refs, mf, should_stop), E, v, FAST_ENTRIES, on_list,
+                          should_stop)[0]
+        d_need = polar_need(pq, polar_refs(decoys, decoys.references, mf, should_stop), len(decoys), dv,
+                            len(decoys), should_stop=should_stop)[0]
+        if log:
+            log(f"fast search: NCC on the {FAST_VIEWS} best views of the {min(FAST_ENTRIES, E)} entries with the "
+                f"best polar correlation per class ({int(need.sum(1).mean())} of {len(refs)} references)")
     kept: list = []
     s, arg, psi = _ncc_groups(queries, refs, ent, E, library, n_psi, kept if keep_refs else None, need, should_stop)
     full = kept[0] if keep_refs else None
-    d = _ncc_groups(queries, decoys.references, dent, len(decoys), library, n_psi, should_stop=should_stop)[0]
+    d = _ncc_groups(queries, decoys.references, dent, len(decoys), library, n_psi, need=d_need,
+                    should_stop=should_stop)[0]
     return EntryScores(s, arg, psi, d, full)
 
 
@@ -218,11 +307,11 @@ class Identification:
 def identify(images, pixel_size: float | None, library: Library, model: IdentityModel | None,
              mode: str = "combined", top_k: int = 5, shortlist: int = SHORTLIST, min_confidence: float = 0.5,
              log: Callable[[str], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> Identification:
+             should_stop: Callable[[], bool] | None = None, search: str = "fast") -> Identification:
     """Per class: the top-k entries with scores, the calibrated confidence of the first, and the
     identity (its name, or "unknown")."""
     q = prepare_queries(images, pixel_size, library)
-    es = score_entries(q, library, mode, model, shortlist, log=log, should_stop=should_stop)
+    es = score_entries(q, library, mode, model, shortlist, log=log, should_stop=should_stop, search=search)
     feats = confidence_features(es)
     weights = (model.calibration.get(mode) if model is not None else None)
     if weights is None:

@@ -67,7 +67,8 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
                        log=ctx.log, should_stop=ctx.should_stop) and library.path:
         ctx.log(f"{library.path}: decoys/embeddings added and saved, so the next run starts ready")
     found = identify(classes.images, px, library, model, params["mode"], params["top_k"],
-                     params["shortlist"], params["min_conf"], log=ctx.log, should_stop=ctx.should_stop)
+                     params["shortlist"], params["min_conf"], log=ctx.log, should_stop=ctx.should_stop,
+                     search=params["search"])
     table = found.table
     table.insert(0, "class_id", classes.class_ids)
     counts = classes.known_counts()
@@ -109,6 +110,10 @@ SPEC = register(JobSpec(
         Param("mode", str, "combined", "embedding (fastest), correlation (NCC baseline) or combined "
                                        "(embedding shortlist, NCC re-ranking)",
               choices=("embedding", "correlation", "combined")),
+        Param("search", str, "fast", "correlation and combined modes: fast (polar rotational correlation picks "
+                                     "each class's best entries and views, NCC searches only those) or exhaustive "
+                                     "(NCC on every reference; slow for large libraries)",
+              choices=("fast", "exhaustive"), only_with=("mode", ("correlation", "combined"))),
         Param("top_k", int, 5, "matches listed per class", min=1, max=100),
         Param("shortlist", int, 10, "combined mode: at least this many entries go from the embedding to NCC "
                                     "(more when the model's calibrated bar lets more through)", min=1, max=100000,

@@ -147,6 +147,56 @@ def test_scoring_does_not_load_the_simulator():
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
+def test_fast_search_is_exhaustive_ncc_on_the_pairs_it_keeps(library, open_set_queries, shipped):
+    from cryolens.core.identify.score import FAST_VIEWS
+
+    q = prepare_queries(open_set_queries[0], PX, library)
+    fast = score_entries(q, library, "correlation", shipped, keep_refs=True, search="fast")
+    full = score_entries(q, library, "correlation", shipped, keep_refs=True, search="exhaustive")
+    kept = np.isfinite(fast.refs)
+    assert (kept.reshape(len(q), len(library), -1).sum(-1) == FAST_VIEWS).all()  # 6 entries: all, 8 views each
+    np.testing.assert_allclose(fast.refs[kept], full.refs[kept], atol=1e-5)  # NCC itself, not an estimate
+    assert (fast.scores <= full.scores + 1e-5).all() and (fast.decoy <= full.decoy + 1e-5).all()
+    same = fast.scores.argmax(1) == full.scores.argmax(1)
+    assert same.mean() >= 0.9, (fast.scores, full.scores)
+    # where NCC's best view was kept, the entry's score is NCC's to the digit
+    best_kept = kept[np.arange(len(q))[:, None], full.best_ref]
+    np.testing.assert_allclose(fast.scores[best_kept], full.scores[best_kept], atol=1e-5)
+    assert best_kept[np.arange(len(q)), full.scores.argmax(1)].mean() >= 0.9
+
+
+def test_fast_search_keeps_to_the_embedding_shortlist_and_the_best_entries(library, open_set_queries):
+    from cryolens.core.identify.score import polar_coefficients, polar_need, polar_refs, _max_freq
+
+    q = prepare_queries(open_set_queries[0][:4], PX, library)
+    mf = _max_freq(library)
+    pq, pr = polar_coefficients(q, mf), polar_refs(library, library.references, mf)
+    allowed = np.zeros((4, len(library)), bool)
+    allowed[:, [1, 4]] = True
+    need, best = polar_need(pq, pr, len(library), library.n_views, 3, allowed)
+    per_entry = need.reshape(4, len(library), -1).sum(-1)
+    assert (per_entry[:, [1, 4]] == 8).all() and per_entry.sum() == 4 * 16  # never off the list, even to fill 3
+    need, best = polar_need(pq, pr, len(library), library.n_views, 2)
+    chosen = need.reshape(4, len(library), -1).any(-1)
+    assert (chosen.sum(1) == 2).all()
+    assert (np.sort(best, 1)[:, -2:] == np.sort(np.where(chosen, best, -np.inf), 1)[:, -2:]).all()
+
+
+def test_sparse_and_blocked_ncc_paths_agree(library, open_set_queries, monkeypatch):
+    from cryolens.core.identify import score
+
+    q = prepare_queries(open_set_queries[0][:3], PX, library)
+    ent = library.entry_of_reference()
+    need = np.zeros((3, len(ent)), bool)
+    need[:, ::17] = True
+    need[1, 5:9] = True
+    sparse = score._ncc_groups(q, library.references, ent, len(library), library, 12, need=need)
+    monkeypatch.setattr(score, "SPARSE", 0.0)  # force the blocked path
+    blocked = score._ncc_groups(q, library.references, ent, len(library), library, 12, need=need)
+    for a, b in zip(sparse, blocked):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def open_set_queries(proteins):
     known, names_k = simulated_queries(proteins[:6], 12, BOX, PX, seed=3)
