@@ -148,6 +148,11 @@ def _rank_args(p: argparse.ArgumentParser) -> None:
                    help="fit --model's bare-stack score (a monotone rule on image features within each stack, "
                         "core.rank.image_rule) on the recipe's synthetic training sets, calibrated on its calibration "
                         "sets; everything else unchanged")
+    g.add_argument("--image-corpus", metavar="DIR",
+                   help="with --image-rule: also fit it on the relion_refine Class2D runs of bench/corpus.py in DIR "
+                        "(RELION-made averages) whose particles came from --image-corpus-generator")
+    g.add_argument("--image-corpus-generator", default="cryolens", choices=["cryolens", "relion_project"],
+                   help="the corpus runs --image-corpus adds (default: cryolens, so that relion_project runs test it)")
     r = p.add_argument_group("the robust head (rule, guard, training domain) from the foreign-generator corpus")
     r.add_argument("--robust-from", metavar="DIR",
                    help="fit the model's robust head on the Class2D runs of bench/corpus.py in DIR (networks unchanged)")
@@ -268,6 +273,8 @@ def fit_image_rule(args: argparse.Namespace) -> int:
     model = RankModel.load(args.model or None)
     cache = Path(args.cache) if args.cache else default_cache()
     a, b, c = build_training_sets(args.synthetic_sets, False, cache)
+    corpus, corpus_names = _image_corpus(args)
+    a = list(a) + corpus  # RELION-made averages beside the synthetic sets; calibration stays on c
 
     def table(sets):
         return [(image_features(s.classes.images), s.labels) for s in sets]
@@ -282,7 +289,9 @@ def fit_image_rule(args: argparse.Namespace) -> int:
         return out
 
     model.image_rule.fit_stack(with_logits(a + b), with_logits(c))
-    model.image_rule.trained_on.update(synthetic_sets=args.synthetic_sets, calibration_sets=len(c))
+    model.image_rule.trained_on.update(synthetic_sets=args.synthetic_sets, calibration_sets=len(c),
+                                       corpus_runs=corpus_names,
+                                       corpus_generator=args.image_corpus_generator if corpus else "")
     model.info = dict(model.info, image_rule_command="cryolens " + " ".join(getattr(args, "argv", sys.argv[1:])))
     model.save(args.out)
     r = model.image_rule
@@ -290,6 +299,22 @@ def fit_image_rule(args: argparse.Namespace) -> int:
           + ", ".join(f"{f} {w:+.2f}" for f, w in zip(r.features, r.weights))
           + f"; with statistics: bias {r.stack[0]:+.2f}, model {r.stack[1]:.2f}, rule {r.stack[2]:.2f}")
     return 0
+
+
+def _image_corpus(args: argparse.Namespace) -> tuple[list, list[str]]:
+    """``--image-corpus``: the corpus runs of one generator as labelled sets, and their names."""
+    from cryolens.core.errors import CryolensError
+    from cryolens.core.rank.train import Labelled
+    from cryolens.recipes.corpus import load_corpus
+
+    if not args.image_corpus:
+        return [], []
+    runs = load_corpus(args.image_corpus, (args.image_corpus_generator,))
+    if not runs:
+        raise CryolensError(f"no finished {args.image_corpus_generator} runs in the corpus (bench/corpus.py build)",
+                            args.image_corpus)
+    print(f"image rule: + {len(runs)} {args.image_corpus_generator} corpus runs ({', '.join(r.name for r in runs)})")
+    return [Labelled(r.classes, r.labels) for r in runs], [r.name for r in runs]
 
 
 def make_monotone(args: argparse.Namespace) -> int:

@@ -45,3 +45,23 @@ def test_a_head_fitted_on_one_generator_scores_the_other_within_the_guard(runs):
     assert (p[test.classes.counts().to_numpy() == 0] == 0).all()
     assert sc.source in ("learned", "rule") and (sc.source == "learned" or sc.notes)
     assert np.isfinite(auroc(p, test.labels))
+
+
+@pytest.mark.slow
+def test_the_image_rule_is_fitted_on_relion_made_averages_of_one_generator(tmp_path, capsys):
+    from cryolens.cli import main
+    from cryolens.core.errors import CryolensError
+
+    out = tmp_path / "rank.pt"
+    args = ["train", "rank", "--image-rule", "--synthetic-sets", "20", "--cache", str(tmp_path / "cache"),
+            "--threads", "1", "--out", str(out), "--image-corpus", str(SLICE)]
+    assert main(args) == 0
+    rule = RankModel.load(out).image_rule
+    assert rule.trained_on["corpus_runs"] == ["run_0005"] and rule.trained_on["corpus_generator"] == "cryolens"
+    assert "1 cryolens corpus runs (run_0005)" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CryolensError, match="no finished relion_project runs"):
+        from cryolens.commands.train import _image_corpus
+        import argparse
+        _image_corpus(argparse.Namespace(image_corpus=str(empty), image_corpus_generator="relion_project"))
