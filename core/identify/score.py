@@ -76,34 +76,42 @@ def _ncc_groups(q: torch.Tensor, refs: np.ndarray, groups: np.ndarray, n: int, l
                 n_psi: int, keep: list | None = None, need: np.ndarray | None = None,
                 should_stop: Callable[[], bool] | None = None,
                 max_pairs: int = 20_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Best NCC per (query, group) over the group's references. ``need`` (Q, R) bool: only these
-    pairs are searched (-inf elsewhere); when few are (the fast search's shortlist), each query is
-    searched against its own references gathered into one batch, since ``ncc_search`` pays for
-    every reference of a chunk that any query wants. Otherwise in blocks of queries, so that the
-    (queries, references) work arrays (~50 bytes a pair) stay under ``max_pairs`` pairs.
-    ``keep`` receives the per-reference scores."""
+    """Best NCC per (query, group) over the group's references, in blocks of queries so that the
+    (queries, references) work arrays (~50 bytes a pair) stay under ``max_pairs`` pairs. ``need``
+    (Q, R) bool: only these pairs are searched (-inf elsewhere); when few are (the fast search's
+    shortlist), each query is searched against its own references gathered into one batch, since
+    ``ncc_search`` pays for every reference of a chunk that any query wants. ``keep`` receives the
+    per-reference scores."""
     kw = dict(n_psi=n_psi, max_shift_px=max(2, int(round(0.05 * library.box))), max_freq=_max_freq(library),
               should_stop=should_stop)
     Q, R = len(q), len(refs)
-    score = np.full((Q, R), -np.inf, np.float32)
-    angle = np.zeros((Q, R), np.float32)
-    if need is not None and need.mean() < SPARSE:
-        for i in range(Q):
-            idx = np.flatnonzero(need[i])
-            if len(idx):
-                m = ncc_search(q[i:i + 1], torch.from_numpy(np.asarray(refs[idx], np.float32)), **kw)
-                score[i, idx], angle[i, idx] = m.score[0], m.psi[0]
-    else:
-        refs_t = torch.from_numpy(np.ascontiguousarray(refs, np.float32))
-        block = int(np.clip(max_pairs // max(R, 1), 1, 32))
-        for start in range(0, Q, block):
-            sl = slice(start, start + block)
+    sparse = need is not None and need.mean() < SPARSE
+    refs_t = None if sparse else torch.from_numpy(np.ascontiguousarray(refs, np.float32))
+    groups_t = torch.from_numpy(np.array(groups, np.int64))
+    block = int(np.clip(max_pairs // max(R, 1), 1, 32))
+    best, arg, psi, full = [], [], [], []
+    for start in range(0, Q, block):
+        sl = slice(start, min(start + block, Q))
+        score = np.full((sl.stop - start, R), -np.inf, np.float32)
+        angle = np.zeros((sl.stop - start, R), np.float32)
+        if sparse:
+            for k, i in enumerate(range(start, sl.stop)):
+                idx = np.flatnonzero(need[i])
+                if len(idx):
+                    m = ncc_search(q[i:i + 1], torch.from_numpy(np.asarray(refs[idx], np.float32)), **kw)
+                    score[k, idx], angle[k, idx] = m.score[0], m.psi[0]
+        else:
             m = ncc_search(q[sl], refs_t, need=None if need is None else torch.from_numpy(need[sl]), **kw)
-            score[sl], angle[sl] = m.score, m.psi
-    b, a = (t.numpy() for t in group_max(torch.from_numpy(score), torch.from_numpy(np.array(groups, np.int64)), n))
+            score[:], angle[:] = m.score, m.psi
+        b, a = (t.numpy() for t in group_max(torch.from_numpy(score), groups_t, n))
+        best.append(b)
+        arg.append(a)
+        psi.append(np.where(a >= 0, np.take_along_axis(angle, np.maximum(a, 0), 1), np.nan))
+        if keep is not None:
+            full.append(score)
     if keep is not None:
-        keep.append(score)
-    return b, a, np.where(a >= 0, np.take_along_axis(angle, np.maximum(a, 0), 1), np.nan)
+        keep.append(np.concatenate(full))
+    return np.concatenate(best), np.concatenate(arg), np.concatenate(psi)
 
 
 SEARCHES = ("fast", "exhaustive")
