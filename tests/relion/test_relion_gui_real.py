@@ -3,8 +3,8 @@ xdotool as a user drives it (issue 19): a ``cryolens simulate`` project opens wi
 (no "does not look like a RELION project" question), and the 3.1 route to a template works: the
 template copied to ``.gui_externaljob.star``, *External* chosen, *Jobs > Load job settings*
 (Alt+L), *Jobs > Save job settings* (Alt+S). What the GUI saves back is what it holds, so it shows
-that all ten parameter rows were read, and that loading identify after select keeps none of
-select's rows. Clicks use RELION 3.1.3's fixed window layout."""
+that all ten parameter rows were read, and that loading select after identify keeps none of
+identify's rows. Clicks use RELION 3.1.3's fixed window layout."""
 from __future__ import annotations
 
 import os
@@ -81,7 +81,7 @@ def test_the_31_gui_opens_a_simulated_project_and_loads_templates_without_leaks(
         names = {_xdo(display, "getwindowname", w) for w in _xdo(display, "search", "--name", ".").splitlines()}
         assert not any("project" in n.lower() and "RELION" not in n for n in names), names  # no question asked
         saved = project / ".gui_externaljob.star"
-        for job in ("select", "identify"):
+        for job in ("identify", "select"):  # identify fills ten rows, select nine: the tenth must not stay
             template = REPO / "install" / "relion" / f"cryolens_{job}_job.star"
             shutil.copyfile(template, saved)
             _xdo(display, "mousemove", "--window", win, *map(str, EXTERNAL_IN_LIST), "click", "1")
