@@ -188,6 +188,10 @@ def write_results(result: JobResult, inputs: dict[str, Any], out_dir: Path, scor
             res.summary.append(f"  {oname}: {SCORE_FIELD} holds the {what}")
     for name, table in result.tables.items():
         _csv(out_dir / f"cryolens_{output_name(name)}.csv", table, res)
+    for name, write in result.files.items():  # e.g. a built library: a side file, uploaded like the tables
+        write(out_dir / name)
+        res.sidecars[name] = out_dir / name
+        res.files.append(out_dir / name)
     return res
 
 

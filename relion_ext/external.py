@@ -242,6 +242,8 @@ def write_outputs(result: JobResult, out: Path, tables: str = "star", version: s
     for name, fig in result.figures.items():
         save_figure(fig, out / _file_name("figure", name, tables))
         nodes.append((_file_name("figure", name, tables), "figure"))
+    for name, write in result.files.items():  # not nodes: e.g. a built library, for the next run's parameter
+        write(out / name)
     return nodes
 
 

@@ -168,6 +168,10 @@ class JobResult:
     figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
     # per-class 0/1 selection in ClassSet order (RELION backup_selection.star, cryoSPARC selected)
     class_selection: dict[str, list[int]] = field(default_factory=dict)
+    # other files (e.g. a library built from maps): file name -> a function that writes it to the path it
+    # is given. Front ends call it inside their staging folder, so the file arrives with the other
+    # outputs or, when the job fails, not at all (cryoSPARC: uploaded into the job's folder).
+    files: dict[str, Callable[[Path], Any]] = field(default_factory=dict)
     summary: list[str] = field(default_factory=list)
 
 

@@ -20,6 +20,7 @@ def _tag(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip("_") or "unnamed"
 
 
+LIBRARY_FILE = "library.npz"  # where a library built from ``maps`` is written, with the job's outputs
 NO_LIBRARY = ("identify needs a map library of the proteins you expect. Either set the parameter maps to a "
               "folder of your maps (.mrc/.map, or .cif/.pdb models; or maps separated by commas): a library is "
               "built from them for this run and saved as library.npz in the job directory (give that file as "
@@ -29,7 +30,8 @@ NO_LIBRARY = ("identify needs a map library of the proteins you expect. Either s
 
 def library_from_params(params: dict[str, Any], ctx: JobContext):
     """The library given (``library``), or one built now from ``maps`` (``core.identify.library``,
-    the code of ``cryolens library build``) and saved in the job directory."""
+    the code of ``cryolens library build``); the job saves a built one with its outputs
+    (``JobResult.files``), decoys and embeddings included."""
     from ..identify.library import (DEFAULT_BOX, DEFAULT_PIXEL_SIZE, DEFAULT_RESOLUTION_A, DEFAULT_VIEWS, Library,
                                     add_sources, map_sources)
 
@@ -44,10 +46,6 @@ def library_from_params(params: dict[str, Any], ctx: JobContext):
             f"({DEFAULT_BOX} px at {DEFAULT_PIXEL_SIZE:g} A/px, {DEFAULT_VIEWS} views each)")
     library = Library(DEFAULT_BOX, DEFAULT_PIXEL_SIZE, DEFAULT_RESOLUTION_A, DEFAULT_VIEWS)
     add_sources(library, sources, device=ctx.device, log=ctx.log)
-    path = ctx.out_dir / "library.npz"
-    library.save(path)
-    library.path = str(path)
-    ctx.log(f"identify: library saved as {path}: give it as library next time to skip the rendering")
     return library
 
 
@@ -76,6 +74,10 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
         counts = counts.to_numpy()
         table.insert(1, "n_particles", counts)
     res = JobResult()
+    if params["maps"]:
+        res.files[LIBRARY_FILE] = library.save
+        res.summary.append(f"identify: the library built from the maps is saved as {LIBRARY_FILE} with the outputs: "
+                           f"give it as library next time to skip the rendering")
     res.tables["identities"] = table
     if params["gallery"]:
         res.figures["identify_gallery"] = gallery_figure(found.queries, table, library, found.scores)

@@ -386,6 +386,40 @@ def test_job_through_the_cryosparc_standin_answers_unknown_for_noise(library, tm
     assert (t["identity"] == "unknown").all() and len(t) == 5
 
 
+def test_a_library_built_from_maps_arrives_with_the_outputs_or_not_at_all(proteins, class_stack, tmp_path,
+                                                                          monkeypatch, standin):
+    import cryolens.core.identify as ident
+    from cryolens.cli import main
+    from cryolens.core.errors import CryolensError
+    from cryosparc_standin import run
+
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for ph in proteins[:2]:
+        ph.save(maps / f"{ph.name}.mrc")
+    stack, _ = class_stack
+    args = ["run", "identify", "--classes-in", str(stack), "--maps", str(maps), "--mode", "correlation",
+            "--gallery", "no", "--out"]
+    assert main(args + [str(tmp_path / "out")]) == 0
+    lib = Library.load(tmp_path / "out" / "library.npz")  # decoys included: the next run starts ready
+    assert set(lib.entries["name"]) == {ph.name for ph in proteins[:2]} and lib.decoys is not None
+    assert "library.npz" in (tmp_path / "out" / ".cryolens-outputs").read_text().split()
+    # the cryoSPARC job keeps it in its own folder, beside the side-car tables
+    state, url = standin
+    assert run(url, "identify", "--classes-in", "J1.class_averages", "--maps", str(maps), "--mode",
+               "correlation") == 0, state.events
+    job = max(state.jobs, key=lambda j: int(j[1:]))
+    assert len(Library.load(state.project_dir / job / "library.npz")) == 2
+    # a failure after the library was built: the run leaves nothing, the library neither
+
+    def fail(*a, **k):
+        raise CryolensError("stopped on purpose")
+
+    monkeypatch.setattr(ident, "identify", fail)
+    assert main(args + [str(tmp_path / "out2")]) == 2
+    assert not [p for p in (tmp_path / "out2").iterdir() if not p.name.startswith(".")]
+
+
 def test_library_build_from_a_csv_then_incrementally(proteins, tmp_path, capsys):
     from cryolens.cli import main
 
