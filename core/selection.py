@@ -1,5 +1,6 @@
 """Choosing particles: class lists as RELION numbers them, a column by its file label, a value
-window by thresholds and quantiles, and the histogram that shows the cut (the ``select`` job)."""
+window by thresholds and quantiles, and the histogram that shows the cut (the ``select`` and
+``filter`` jobs)."""
 from __future__ import annotations
 
 import re
@@ -38,10 +39,12 @@ def resolve_column(ps: ParticleSet, name: str) -> str:
 
 
 def numeric_column(ps: ParticleSet, col: str) -> np.ndarray:
-    """The column as float64 (NaN where a value is not a number); CryolensError if none is."""
+    """The column as float64 (NaN where a value is not a number); CryolensError naming the file
+    if none is."""
     values = pd.to_numeric(ps.table[col], errors="coerce").to_numpy(np.float64)
     if np.isnan(values).all():
-        raise CryolensError(f"column {ps.label(col)} is not numeric")
+        raise CryolensError(f"column {ps.label(col)} holds no number (its {len(values)} values are empty, NaN "
+                            "or text)", ps.source)
     return values
 
 
@@ -62,17 +65,18 @@ def value_window(values: np.ndarray, lo: float | None, hi: float | None, qlo: fl
     return mask, lo, hi
 
 
-def histogram_figure(values: np.ndarray, lo, hi, label: str, kept: int, total: int):
-    """The thresholded column's distribution with the cut drawn (a LogFile node in RELION)."""
+def histogram_figure(values: np.ndarray, cuts, label: str, title: str):
+    """A column's distribution with its cuts drawn (None: no cut on that side); a LogFile node in
+    RELION. ``title`` says what was kept, e.g. 'select: kept 120 of 200 particles'."""
     from .figures import pyplot
 
     fig, ax = pyplot().subplots(figsize=(5, 3.2))
     ax.hist(values, bins=min(100, max(10, len(values) // 20)), color="0.6")
-    for cut in (lo, hi):
+    for cut in cuts:
         if cut is not None and np.isfinite(cut):
             ax.axvline(cut, color="C3", lw=1.5)
     ax.set_xlabel(label)
     ax.set_ylabel("particles")
-    ax.set_title(f"select: kept {kept} of {total} particles", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -49,8 +49,8 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
         keep &= m
         why.append(f"{ps.label(col)} in [{'-inf' if lo is None else f'{lo:.6g}'}, "
                    f"{'inf' if hi is None else f'{hi:.6g}'}]")
-        res.figures["select_histogram"] = histogram_figure(values[np.isfinite(values)], lo, hi, ps.label(col),
-                                                           int(m.sum()), len(ps))
+        res.figures["select_histogram"] = histogram_figure(values[np.isfinite(values)], (lo, hi), ps.label(col),
+                                                           f"select: kept {int(m.sum())} of {len(ps)} particles")
     elif any(params[k] is not None for k in bounds):
         raise CryolensError("a threshold or quantile was given without --column")
 
