@@ -121,3 +121,23 @@ def pipeline_nodes(project: Path) -> dict[str, int]:
 
     nodes = read_blocks(project / "default_pipeline.star")["pipeline_nodes"]
     return dict(zip(nodes["rlnPipeLineNodeName"], nodes["rlnPipeLineNodeType"].astype(int)))
+
+
+def form_params(**params) -> dict[str, str]:
+    """The External job form's rows ``paramN_label`` / ``paramN_value`` for ``params``, in order."""
+    rows: dict[str, str] = {}
+    for k, (name, value) in enumerate(params.items(), start=1):
+        rows[f"param{k}_label"], rows[f"param{k}_value"] = name, str(value)
+    return rows
+
+
+def failed_without_outputs(project: Path, job_dir: Path, status: int) -> str:
+    """Check that an External job failed (status 3) in one line, declaring and leaving no output;
+    returns its run.err."""
+    assert status == 3
+    err = (job_dir / "run.err").read_text()
+    assert "Traceback" not in err
+    assert not (job_dir / "RELION_OUTPUT_NODES.star").exists()
+    assert not (job_dir / "particles.star").exists()
+    assert not any(n.startswith(str(job_dir.relative_to(project))) for n in pipeline_nodes(project))
+    return err
