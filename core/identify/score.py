@@ -126,10 +126,11 @@ def _max_freq(library: Library) -> float:
 def polar_refs(holder, references: np.ndarray, max_freq: float, should_stop=None) -> torch.Tensor:
     """The polar coefficients of a library's (or its decoys') references, made once per object
     and kept on it in memory (``core.polar``; not saved: they are cheaper to make than to read)."""
-    key = (len(references), round(float(max_freq), 6))
+    arr = np.asarray(references)
+    key = (arr.__array_interface__["data"][0], arr.shape, round(float(max_freq), 6))  # new references: new key
     cached = getattr(holder, "_polar_cache", None)
     if cached is None or cached[0] != key:
-        cached = (key, polar_coefficients(torch.from_numpy(np.asarray(references)), max_freq, should_stop=should_stop))
+        cached = (key, polar_coefficients(torch.from_numpy(arr), max_freq, should_stop=should_stop))
         holder._polar_cache = cached
     return cached[1]
 

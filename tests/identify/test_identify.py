@@ -182,6 +182,19 @@ def test_fast_search_keeps_to_the_embedding_shortlist_and_the_best_entries(libra
     assert (np.sort(best, 1)[:, -2:] == np.sort(np.where(chosen, best, -np.inf), 1)[:, -2:]).all()
 
 
+def test_polar_coefficients_are_made_once_per_library_and_again_when_it_grows(proteins):
+    from cryolens.core.identify.score import polar_refs
+
+    lib = Library(BOX, PX, n_views=6)
+    lib.add_volume(proteins[0].density, "a")
+    first = polar_refs(lib, lib.references, 0.3)
+    assert polar_refs(lib, lib.references, 0.3) is first
+    lib.add_volume(proteins[1].density, "b")
+    again = polar_refs(lib, lib.references, 0.3)
+    assert again is not first and len(again) == 12
+    np.testing.assert_allclose(again[:6], first, atol=1e-6)
+
+
 def test_sparse_and_blocked_ncc_paths_agree(library, open_set_queries, monkeypatch):
     from cryolens.core.identify import score
 
