@@ -33,6 +33,7 @@ from . import POSE_UNCERTAINTY_DEG
 from .modes import MIN_SEPARATION, dequantize, two_modes
 
 DIRECTIONS = ("higher", "lower")
+MIN_AUTO_KEEP = 0.5  # auto never keeps less than this share: the most certain minority can be junk
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,8 @@ def threshold_cut(values: np.ndarray, metric: Metric, bound: float, label: str) 
 def auto_cut(values: np.ndarray, metric: Metric, label: str) -> tuple[np.ndarray, float | None, str]:
     """(mask, cut or None, why): the cut between the two modes of this data set's metric
     (``modes.two_modes`` on its logarithm for a positive, right-skewed metric; counts spread over
-    their unit cell first), or every particle with a value when there is one mode."""
+    their unit cell first), or every particle with a value when there is one mode, or when the
+    more certain mode is a minority (``MIN_AUTO_KEEP``)."""
     finite = np.isfinite(values)
     x = dequantize(values[finite])
     use_log = metric.log and bool((x > 0).all())
@@ -188,12 +190,20 @@ def auto_cut(values: np.ndarray, metric: Metric, label: str) -> tuple[np.ndarray
         return finite, None, (f"no second mode in {scale} ({found.why}): every particle with a value is kept "
                               "(--mode quantile or threshold cuts anyway)")
     cut = float(back(found.cut))
+    kept = metric.more_certain(values, cut)
+    share = kept.sum() / max(int(finite.sum()), 1)
+    if share < MIN_AUTO_KEEP:
+        return finite, None, (f"two modes in {scale}, but the more certain one ({metric.as_certain} {cut:.4g}) holds "
+                              f"only {100 * share:.0f}% of the particles: a small, very certain group is often junk "
+                              "with strong features (carbon edges, aggregates align confidently; on relion_refine "
+                              "Class2D runs with known junk, bench/bench_filter_corpus.py, such a cut kept 80-100% "
+                              "junk), so nothing is cut (--mode quantile or threshold cuts anyway)")
     lo, hi = (f"{float(back(mu)):.4g} ({100 * w:.0f}%)" for mu, w in zip(found.means, found.weights))
     why = (f"two modes in {scale}, at {lo} and {hi} (a two-component Gaussian mixture fitted by EM; "
            f"Ashman's D {found.separation:.1f} > {MIN_SEPARATION:g}; near the cut the data are "
            f"{found.dip:.2f} times as dense as near the thinner mode): cut at {cut:.4g}, the density minimum "
            f"between them; kept {label} {metric.as_certain} {cut:.4g}")
-    return metric.more_certain(values, cut), cut, why
+    return kept, cut, why
 
 
 def certainty_bins(values: np.ndarray, metric: Metric, n: int) -> tuple[list[np.ndarray], list[float]]:

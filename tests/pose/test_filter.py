@@ -124,6 +124,18 @@ def test_auto_keeps_every_particle_of_a_real_refinement_and_says_why(tmp_path, c
         assert "no second mode in" in capsys.readouterr().out
 
 
+def test_auto_does_not_keep_a_certain_minority(tmp_path, capsys):
+    """A small group far more certain than the rest (as junk with strong features is in RELION's
+    Class2D runs of bench/bench_filter_corpus.py): two modes, but nothing is cut."""
+    src = shared_path(*OG6)
+    deg, good = _uncertainty("bimodal", 139)
+    star = with_column(src, tmp_path / "minority.star", **{POSE_UNCERTAINTY_DEG: np.where(good, deg * 15, deg / 15)})
+    assert run_filter(star, tmp_path / "out", "--mode", "auto") == 0
+    assert len(particle_rows(tmp_path / "out" / "particles.star")) == 139
+    out = capsys.readouterr().out
+    assert "two modes in log(" in out and "holds only 25% of the particles" in out and "nothing is cut" in out
+
+
 def test_auto_on_too_few_particles_keeps_them_all(tmp_path, capsys):
     src = shared_path(*R31)
     assert run_filter(src, tmp_path, "--mode", "auto") == 0
