@@ -17,7 +17,19 @@ import numpy as np
 import pandas as pd
 
 from cryolens.core.calibration import auroc
-from cryolens.recipes.corpus import CorpusRun, load_corpus  # noqa: F401 (the protocol's data)
+from cryolens.recipes.corpus import CorpusRun  # noqa: F401 (the protocol's data)
+from cryolens.recipes.corpus import load_corpus as _load_corpus
+
+
+def load_corpus(root=None, generators: tuple[str, ...] | None = None) -> list[CorpusRun]:
+    """The finished corpus runs (``cryolens.recipes.corpus.load_corpus``); none is a usage error
+    every benchmark says the same way, not a crash on an empty table."""
+    runs = _load_corpus(root, generators)
+    if not runs:
+        which = f" of {', '.join(generators)}" if generators else ""
+        raise SystemExit(f"no finished corpus runs{which} in {root or '~/.cache/cryolens/corpus'}: make them with "
+                         "python bench/corpus.py build (resumable; see its --help)")
+    return runs
 
 
 def draw_proteins(proteins, share: float, seed: int = 0) -> set[str]:
