@@ -316,11 +316,15 @@ class Identification:
 def identify(images, pixel_size: float | None, library: Library, model: IdentityModel | None,
              mode: str = "combined", top_k: int = 5, shortlist: int = SHORTLIST, min_confidence: float = 0.5,
              log: Callable[[str], None] | None = None,
-             should_stop: Callable[[], bool] | None = None, search: str = "fast") -> Identification:
+             should_stop: Callable[[], bool] | None = None, search: str = "fast",
+             device: str | torch.device | None = None) -> Identification:
     """Per class: the top-k entries with scores, the calibrated confidence of the first, and the
-    identity (its name, or "unknown")."""
+    identity (its name, or "unknown"). ``device``: where the polar and NCC searches run (the
+    queries go there, references follow them chunk by chunk); the embedding runs where the
+    model's encoder is."""
     q = prepare_queries(images, pixel_size, library)
-    es = score_entries(q, library, mode, model, shortlist, log=log, should_stop=should_stop, search=search)
+    es = score_entries(q if device is None else q.to(device), library, mode, model, shortlist, log=log,
+                       should_stop=should_stop, search=search)
     feats = confidence_features(es)
     weights = (model.calibration.get(mode) if model is not None else None)
     if weights is None:
@@ -348,4 +352,4 @@ def identify(images, pixel_size: float | None, library: Library, model: Identity
             row[f"match{j + 1}"] = names[top[j]] if np.isfinite(sc) else ""
             row[f"score{j + 1}"] = float(sc) if np.isfinite(sc) else np.nan
         rows.append(row)
-    return Identification(pd.DataFrame(rows), es, q)
+    return Identification(pd.DataFrame(rows), es, q)  # the queries on the CPU (figures)

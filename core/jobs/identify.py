@@ -66,7 +66,7 @@ def run(inputs: dict[str, Any], params: dict[str, Any], ctx: JobContext) -> JobR
         ctx.log(f"{library.path}: decoys/embeddings added and saved, so the next run starts ready")
     found = identify(classes.images, px, library, model, params["mode"], params["top_k"],
                      params["shortlist"], params["min_conf"], log=ctx.log, should_stop=ctx.should_stop,
-                     search=params["search"])
+                     search=params["search"], device=ctx.device)
     table = found.table
     table.insert(0, "class_id", classes.class_ids)
     counts = classes.known_counts()

@@ -195,6 +195,16 @@ def test_polar_coefficients_are_made_once_per_library_and_again_when_it_grows(pr
     np.testing.assert_allclose(again[:6], first, atol=1e-6)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_the_searches_on_cuda_answer_as_on_the_cpu(library, open_set_queries, shipped):
+    images = open_set_queries[0]
+    for mode in ("correlation", "combined"):
+        cpu = identify(images, PX, library, shipped, mode=mode).table
+        gpu = identify(images, PX, library, shipped, mode=mode, device="cuda").table
+        assert (cpu["identity"] == gpu["identity"]).all() and (cpu["match1"] == gpu["match1"]).all()
+        np.testing.assert_allclose(cpu["score1"], gpu["score1"], atol=1e-3)
+
+
 def test_sparse_and_blocked_ncc_paths_agree(library, open_set_queries, monkeypatch):
     from cryolens.core.identify import score
 
