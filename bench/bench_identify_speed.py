@@ -17,7 +17,7 @@ Timed on the same queries and library, threads as given (the issue's machine: 2 
 Answers: R@1 of each mode; on the queries both searches scored, whether fast and exhaustive
 name the same top entry, and how far the confidence features (best score, decoy z, margin) move.
 
-    .venv/bin/python bench/bench_identify_speed.py [--entries 1000] [--queries 100] [--threads 2]
+    .venv/bin/python bench/bench_identify_speed.py [--entries 1000] [--queries 100] [--threads 2] [--device cuda]
 
 Keep the machine otherwise idle while it runs: a second busy process makes torch's two threads
 wait on each other and inflates every time several-fold.
@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--exhaustive", type=int, default=10, help="queries the exhaustive baseline is timed on")
     ap.add_argument("--views", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where the searches run (cpu, cuda; the baseline runs there too)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "identify_speed.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
     box, px = 64, 3.0
     n_unknown = max(4, (args.queries - 2 * args.known) // 2)
     out: dict = {"setup": {"entries": args.entries, "views": args.views, "box": box, "pixel_size": px,
-                           "threads": torch.get_num_threads(), "fast_entries": FAST_ENTRIES, "fast_views": FAST_VIEWS}}
+                           "threads": torch.get_num_threads(), "device": args.device, "fast_entries": FAST_ENTRIES,
+                           "fast_views": FAST_VIEWS}}
     t = time.perf_counter()
     phantoms = phantom_library(args.entries + n_unknown, seed=LIBRARY_SEED, box=box, pixel_size=px)
     lib = Library(box, px, n_views=args.views)
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
     qa, na = simulated_queries(known_ph, 2 * args.known, box, px, seed=101)
     n_rest = args.queries - len(qa)
     qu, nu = simulated_queries(unk_ph, max(0, n_rest - n_rest // 3), box, px, seed=102, junk=n_rest // 3)
-    q = prepare_queries(np.concatenate([qa, qu])[:args.queries], px, lib)
+    q = prepare_queries(np.concatenate([qa, qu])[:args.queries], px, lib).to(args.device)
     names = lib.entries["name"].astype(str).to_numpy()
     truth = np.array([list(names).index(n) if n in set(names) else -1 for n in list(na) + list(nu)])[:args.queries]
     known = truth >= 0
@@ -93,6 +95,8 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     polar_refs(lib, lib.references, _max_freq(lib))
     polar_refs(lib.decoys, lib.decoys.references, _max_freq(lib))
+    if args.device != "cpu":
+        torch.cuda.synchronize()
     res["polar_coefficients_once_s"] = time.perf_counter() - t
     runs = {}
     for mode, search, rows in (("embedding", "fast", slice(None)), ("correlation", "fast", slice(None)),
