@@ -53,6 +53,29 @@ def class2d(project: Path, star: str, job: str = "Class2D/job001", K: int = 10, 
     return project / job / f"run_it{iters:03d}_data.star"
 
 
+def refine3d(project: Path, star: str, ref: str, job: str = "Refine3D/job001", diameter_A: float = 150,
+             ini_high_A: float = 30, sym: str = "C1", workers: int = 2, seed: int = 1, ctf: bool = True,
+             timeout: int = 7200) -> Path:
+    """A CPU 3D auto-refinement (relion_refine_mpi --auto_refine --split_random_halves: one MPI
+    leader and ``workers`` followers, one thread each; RELION 3.1 needs MPI for the two halves);
+    returns the final ``run_data.star``. ``--firstiter_cc``: the reference need not be on the
+    particles' greyscale (a phantom or a map from elsewhere; without it the first iteration's
+    probabilities are meaningless and every pose comes out wrong with full confidence)."""
+    require("mpirun", "relion_refine_mpi")
+    (project / job).mkdir(parents=True, exist_ok=True)
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(workers + 1), "relion_refine_mpi",
+           "--o", f"{job}/run", "--auto_refine", "--split_random_halves", "--i", star, "--ref", ref,
+           "--firstiter_cc", "--ini_high", str(ini_high_A), "--particle_diameter", str(diameter_A), "--flatten_solvent", "--zero_mask",
+           "--oversampling", "1", "--healpix_order", "2", "--auto_local_healpix_order", "4", "--offset_range", "5",
+           "--offset_step", "2", "--sym", sym, "--low_resol_join_halves", "40", "--norm", "--scale", "--j", "1",
+           "--pool", "30", "--pad", "2", "--dont_combine_weights_via_disc", "--preread_images",
+           "--random_seed", str(seed)]
+    if ctf:
+        cmd.append("--ctf")
+    run(cmd, project, log=f"{job}/run.log", timeout=timeout)
+    return project / job / "run_data.star"
+
+
 def reconstruct(project: Path, star: str, out: str, ctf: bool = True, extra: list[str] | None = None) -> Path:
     run(["relion_reconstruct", "--i", star, "--o", out, *(["--ctf"] if ctf else []), *(extra or [])], project)
     return project / out
