@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from cryolens.core.identify import Library
+    from cryolens.core.identify.score import _max_freq
 
     t0 = time.perf_counter()
     runs = [r for r in load_corpus(args.corpus) if r.generator == "relion_project"]
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     truth = np.concatenate([g["species"].to_numpy(str) for _, g in queries.groupby("run", sort=True)])
     refs = torch.as_tensor(np.asarray(lib.references, np.float32))
     ent = lib.entry_of_reference()
-    max_freq = min(0.5, lib.pixel_size / lib.resolution_A)
+    max_freq = _max_freq(lib)  # the job's band limit
     log(f"{len(q)} classes, {len(lib)} entries x {lib.n_views} views")
     t = time.perf_counter()
     full = best_per_entry(q, refs, ent, len(lib), lib.box, max_freq)

@@ -65,8 +65,9 @@ def refine3d(project: Path, star: str, ref: str, job: str = "Refine3D/job001", d
     (project / job).mkdir(parents=True, exist_ok=True)
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(workers + 1), "relion_refine_mpi",
            "--o", f"{job}/run", "--auto_refine", "--split_random_halves", "--i", star, "--ref", ref,
-           "--firstiter_cc", "--ini_high", str(ini_high_A), "--particle_diameter", str(diameter_A), "--flatten_solvent", "--zero_mask",
-           "--oversampling", "1", "--healpix_order", "2", "--auto_local_healpix_order", "4", "--offset_range", "5",
+           "--firstiter_cc", "--ini_high", str(ini_high_A), "--particle_diameter", str(diameter_A),
+           "--flatten_solvent", "--zero_mask", "--oversampling", "1", "--healpix_order", "2",
+           "--auto_local_healpix_order", "4", "--offset_range", "5",
            "--offset_step", "2", "--sym", sym, "--low_resol_join_halves", "40", "--norm", "--scale", "--j", "1",
            "--pool", "30", "--pad", "2", "--dont_combine_weights_via_disc", "--preread_images",
            "--random_seed", str(seed)]

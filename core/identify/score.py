@@ -136,10 +136,11 @@ def polar_refs(holder, references: np.ndarray, max_freq: float, should_stop=None
 
 
 def polar_need(pq: torch.Tensor, pr: torch.Tensor, n_entries: int, n_views: int, n_keep: int,
-               allowed: np.ndarray | None = None, should_stop=None) -> tuple[np.ndarray, np.ndarray]:
+               allowed: np.ndarray | None = None, should_stop=None,
+               keep_views: int = FAST_VIEWS) -> tuple[np.ndarray, np.ndarray]:
     """Which (query, reference) pairs the fast search gives to NCC: per query, the ``n_keep``
     entries with the best polar correlation (among ``allowed`` (Q, E) when given: the embedding's
-    shortlist), and within each the ``FAST_VIEWS`` best views. References are ``n_entries`` blocks
+    shortlist), and within each the ``keep_views`` best views. References are ``n_entries`` blocks
     of ``n_views`` consecutive views (how libraries and decoys are built). Returns (need (Q, R)
     bool, best polar score per entry (Q, E))."""
     c = polar_correlation(pq, pr, should_stop=should_stop).reshape(len(pq), n_entries, n_views)
@@ -148,7 +149,7 @@ def polar_need(pq: torch.Tensor, pr: torch.Tensor, n_entries: int, n_views: int,
         best = best.masked_fill(~torch.from_numpy(np.asarray(allowed, bool)), -float("inf"))
     k = min(n_keep, n_entries)
     top = best.topk(k, dim=1).indices  # (Q, k)
-    views = c.gather(1, top[..., None].expand(-1, -1, n_views)).topk(min(FAST_VIEWS, n_views), dim=-1).indices
+    views = c.gather(1, top[..., None].expand(-1, -1, n_views)).topk(min(keep_views, n_views), dim=-1).indices
     need = torch.zeros((len(pq), n_entries, n_views), dtype=torch.bool)
     qi = torch.arange(len(pq))[:, None, None].expand_as(views)
     need[qi, top[..., None].expand_as(views), views] = True
